@@ -1,0 +1,1 @@
+"""Adapters: one module per external system (files, clock; Key Vault and the twin come later)."""
