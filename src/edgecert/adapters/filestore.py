@@ -249,7 +249,10 @@ class FileCertStore:
 
     def _check_written(self, paths: CertPaths, live_files: dict[str, Path], expect: Expectations) -> None:
         written = {role: self._fs.read(_new(live)) for role, live in live_files.items()}
-        bundle = _parse(written["cert"], written["key"], written.get("chain", b""), where=str(paths.cert))
+        try:
+            bundle = _parse(written["cert"], written["key"], written.get("chain", b""), where=str(paths.cert))
+        except CertificateError as exc:
+            raise type(exc)(f"refusing to install: {exc.message}", remedy=exc.remedy) from None
         problems = check_bundle(bundle, expect, now=self._now())
         if problems:
             first = problems[0]
@@ -260,22 +263,18 @@ class FileCertStore:
         done: list[str] = []
         for _role, live, new_hash, old_hash in entries:
             current = self._hash_or_none(live)
-            if current == new_hash:
-                continue
-            if old_hash is not None and current == old_hash:
-                tmp = _previous(live).with_name(_previous(live).name + ".tmp")
-                self._fs.unlink(tmp)
-                self._fs.link(live, tmp)
-                self._fs.replace(tmp, _previous(live))
-            elif current is not None:
+            if old_hash is not None and current == old_hash:  # not swapped yet (or unchanged content)
+                self._keep_previous(live)
+            elif current not in (None, new_hash):
                 raise RecoveryError(
                     f"{live} changed outside edgecert during a swap; refusing to overwrite it",
                     remedy=f"check {live}; delete {paths.journal} once the files are right",
                 )
         for role, live, new_hash, _old in entries:
-            if self._hash_or_none(live) == new_hash:
-                continue
             new = _new(live)
+            if self._hash_or_none(live) == new_hash:
+                self._fs.unlink(new)  # already in place, or the content did not change
+                continue
             if self._hash_or_none(new) != new_hash:
                 raise RecoveryError(
                     f"the new {role} file {new} is missing or altered; cannot finish the swap",
@@ -291,6 +290,16 @@ class FileCertStore:
         self._fs.unlink(paths.journal)
         self._fs.fsync_dir(paths.journal.parent)
         return done
+
+    def _keep_previous(self, live: Path) -> None:
+        previous = _previous(live)
+        with contextlib.suppress(FileNotFoundError):
+            if previous.samefile(live):
+                return  # rename() between two links of one file does nothing and would leave the temp name
+        tmp = previous.with_name(previous.name + ".tmp")
+        self._fs.unlink(tmp)
+        self._fs.link(live, tmp)
+        self._fs.replace(tmp, previous)
 
     # -- recovery ------------------------------------------------------------------------------
 

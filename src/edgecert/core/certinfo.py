@@ -125,7 +125,9 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     """Read every certificate from PEM text (any number of blocks) or one DER certificate."""
     if b"-----BEGIN" in data:
         certs = [
-            _load_pem_cert(block.group(0)) for block in _PEM_BLOCK.finditer(data) if block.group(1) in _CERT_LABELS
+            _load_pem_cert(block.group(1), block.group(0))
+            for block in _PEM_BLOCK.finditer(data)
+            if block.group(1) in _CERT_LABELS
         ]
         if not certs:
             raise ParseError("no CERTIFICATE block in the PEM data")
@@ -356,11 +358,24 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-def _load_pem_cert(block: bytes) -> x509.Certificate:
+def _load_pem_cert(label: bytes, block: bytes) -> x509.Certificate:
     try:
+        if label == b"TRUSTED CERTIFICATE":
+            # OpenSSL's trusted form (`openssl x509 -trustout`) is the DER certificate followed by its
+            # trust settings (X509_CERT_AUX); cryptography reads neither the label nor the trailing data.
+            der = base64.b64decode(b"".join(block.splitlines()[1:-1]))
+            return x509.load_der_x509_certificate(_first_der_element(der))
         return x509.load_pem_x509_certificate(block)
-    except ValueError:
+    except (ValueError, IndexError):
         raise ParseError("a CERTIFICATE block is not a valid certificate") from None
+
+
+def _first_der_element(der: bytes) -> bytes:
+    """The first DER TLV of `der` (definite length, as DER requires)."""
+    if der[1] < 0x80:
+        return der[: 2 + der[1]]
+    size = der[1] & 0x7F
+    return der[: 2 + size + int.from_bytes(der[2 : 2 + size], "big")]
 
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
