@@ -17,6 +17,7 @@ The pieces, in the order they apply (DESIGN.md, "Renewal policy"):
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
@@ -197,13 +198,17 @@ def auto_slot(device_id: str, slots: int) -> int:
 
 
 def spread_instant(th: Thresholds, policy: RenewalPolicy, *, device_id: str, cert_name: str) -> datetime:
-    """A device's own earliest renewal instant: renewAfter + f × spread, never past urgentAfter."""
+    """A device's own earliest renewal instant: renewAfter + f × spread.
+
+    A spread longer than the renewal span (urgentAfter - renewAfter) is shortened to it rather than
+    cut off at urgentAfter: cutting would put every device whose share fell past it on one instant.
+    """
     span = share_of(th.lifetime, policy.spread) if isinstance(policy.spread, Percent) else policy.spread
-    if span <= timedelta(0) or th.lifetime <= timedelta(0):
+    span = min(span, th.urgent_after - th.renew_after)
+    if span <= timedelta(0):
         return th.renew_after
     f = stable_fraction("spread", device_id, cert_name)
-    instant = (th.renew_after + span * f).replace(microsecond=0)
-    return min(instant, th.urgent_after)
+    return (th.renew_after + span * f).replace(microsecond=0)
 
 
 def occurrences(window: DailyWindow | AutoSlots, device_id: str, *, since: datetime) -> Iterator[Interval]:
@@ -257,15 +262,23 @@ def first_attempt(
     early renewal), never past urgentAfter.
     """
     explicit = windows.explicit
-    if isinstance(explicit, SuggestedWindow) and explicit.applies_to(th.not_before):
-        interval = Interval(explicit.start, explicit.end)
+    if (
+        isinstance(explicit, SuggestedWindow)
+        and explicit.applies_to(th.not_before)
+        and explicit.start < th.urgent_after
+    ):
+        # only the part of the window before urgency counts; a window that starts after it is ignored
+        usable = Interval(explicit.start, min(explicit.end, th.urgent_after))
         f = stable_fraction("suggested", device_id, cert_name)
-        point = (explicit.start + interval.length * f).replace(microsecond=0)
-        if point >= th.urgent_after:
-            return Schedule(th.urgent_after, None, WindowSource.URGENT)
-        return Schedule(point, interval, WindowSource.SUGGESTED)
+        point = (usable.start + usable.length * f).replace(microsecond=0)
+        return Schedule(point, Interval(explicit.start, explicit.end), WindowSource.SUGGESTED)
     earliest = spread_instant(th, policy, device_id=device_id, cert_name=cert_name)
-    return _next_point(th, windows, device_id, earliest)
+    plan = _next_point(th, windows, device_id, earliest)
+    if plan.window is not None:
+        return plan
+    # No window point between the spread instant and urgency: take the device's last one before
+    # urgency instead of piling every such device onto the urgency instant.
+    return _last_point(th, windows, device_id) or Schedule(earliest, None, WindowSource.URGENT)
 
 
 def backoff_delay(
@@ -281,8 +294,9 @@ def backoff_delay(
     "Exponential Backoff and Jitter"), the ceiling doubling from `initial_delay` up to `max_delay`;
     never shorter than the server's `Retry-After`.
     """
-    exponent = min(max(failures, 1) - 1, 62)
-    ceiling = min(retry.max_delay, retry.initial_delay * (1 << exponent))
+    exponent = max(failures, 1) - 1
+    doublings_to_cap = math.log2(retry.max_delay / retry.initial_delay)
+    ceiling = retry.max_delay if exponent >= doublings_to_cap else retry.initial_delay * (1 << exponent)
     delay = ceiling * jitter
     if retry_after is not None:
         delay = max(delay, retry_after)
@@ -372,3 +386,19 @@ def _next_point(th: Thresholds, windows: Windows, device_id: str, earliest: date
                 return Schedule(th.urgent_after, None, WindowSource.URGENT)
             return Schedule(point, interval, source)
     raise AssertionError("unreachable: occurrences() never ends")  # pragma: no cover
+
+
+def _last_point(th: Thresholds, windows: Windows, device_id: str) -> Schedule | None:
+    """The device's latest window point in [renewAfter, urgentAfter], if the window opens in that span."""
+    explicit = windows.explicit
+    periodic = explicit if isinstance(explicit, DailyWindow) else windows.auto
+    source = WindowSource.TWIN if isinstance(explicit, DailyWindow) else WindowSource.AUTO
+    best: Schedule | None = None
+    since = max(th.renew_after, th.urgent_after - timedelta(days=8))  # a weekly window opens within 8 days
+    for interval in occurrences(periodic, device_id, since=since):
+        if interval.start > th.urgent_after:
+            break
+        point = device_point(interval, device_id)
+        if th.renew_after <= point <= th.urgent_after:
+            best = Schedule(point, interval, source)
+    return best

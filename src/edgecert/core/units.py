@@ -31,8 +31,8 @@ _UNITS: dict[str, timedelta] = {
     "m": timedelta(minutes=1),
     "s": timedelta(seconds=1),
 }
-_DURATION = re.compile(r"(\d{1,9})([dhms])")
-_PERCENT = re.compile(r"(\d{1,3}(?:\.\d{1,6})?)%")
+_DURATION = re.compile(r"([0-9]{1,9})([dhms])")
+_PERCENT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,6})?)%")
 
 
 class UnitError(ValueError):
