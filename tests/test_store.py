@@ -330,3 +330,24 @@ def test_write_new_file_never_overwrites_without_force(tmp_path: Path) -> None:
     write_new_file(target, b"third", mode=0o600, overwrite=True)
     assert target.read_bytes() == b"third"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+class DiskFullOps(FileOps):
+    """Fails the first write of a key file with ENOSPC, as a full disk would."""
+
+    def create(self, path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+        if path.name.startswith("device-id.key"):
+            raise OSError(28, "No space left on device")
+        super().create(path, data, mode, owner)
+
+
+def test_a_full_disk_is_a_retryable_store_error_and_changes_nothing(
+    tmp_path: Path, ca: Issued, pairs: dict[str, Issued]
+) -> None:
+    paths = paths_in(tmp_path)
+    store().install(paths, bundle(pairs["a"], ca), expect(ca))
+    with pytest.raises(StoreError, match="No space left") as caught:
+        store(DiskFullOps()).install(paths, bundle(pairs["b"], ca), expect(ca))
+    assert caught.value.retryable
+    assert which(store().load(paths), pairs) == "a"
+    assert leftovers(paths) == []

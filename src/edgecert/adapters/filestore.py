@@ -210,7 +210,8 @@ class FileCertStore:
         dirs = _dirs(live_files.values(), paths.journal)
         try:
             for directory in dirs:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # a missing folder is made private if it will hold a key, like /var/aziot/secrets
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700 if directory == paths.key.parent else 0o755)
             for role, live in live_files.items():
                 new = _new(live)
                 self._fs.unlink(new)
@@ -239,6 +240,8 @@ class FileCertStore:
             self._discard(_new(live) for live in live_files.values())
             raise
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._discard(_new(live) for live in live_files.values())
             raise StoreError(f"could not write the new certificate files: {exc}") from exc
         try:
             self._roll_forward(paths, journal)
