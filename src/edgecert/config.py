@@ -93,8 +93,12 @@ _VAULT_OBJECT = re.compile(r"[0-9A-Za-z-]{1,127}")
 # IoT Hub device and module ids: up to 128 characters of ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '
 _DEVICE_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+# Longer durations mean nothing for certificates (validityDays is at most 3650) and overflow datetime arithmetic.
+_LONGEST = timedelta(days=36500)
+# RFC 4514 section 2.4: characters of an id that must be escaped inside a distinguished name's value.
+_DN_SPECIAL = re.compile(r'([\\"+,;<>#=])')
 
 
 class FieldValueError(ValueError):
@@ -114,10 +118,17 @@ def _from_units(parse: typing.Callable[[str], Any], kind: str, example: str) -> 
     def validate(value: object) -> Any:
         if not isinstance(value, str):
             raise FieldValueError(f"{value!r} is not a {kind}", f"write it as a string, e.g. {example}")
+        too_long = FieldValueError(f"{value!r} is longer than 100 years", f"use e.g. {example}")
         try:
-            return parse(value)
+            result = parse(value)
         except UnitError as exc:
             raise FieldValueError(exc.problem, exc.fix) from None
+        except OverflowError:
+            raise too_long from None
+        delta = result.delta if isinstance(result, BeforeExpiry) else result
+        if isinstance(delta, timedelta) and delta > _LONGEST:
+            raise too_long
+        return result
 
     return validate
 
@@ -320,7 +331,6 @@ class _Model(BaseModel):
         frozen=True,
         extra="forbid",
         alias_generator=to_camel,
-        populate_by_name=True,
         hide_input_in_errors=True,
     )
 
@@ -673,7 +683,8 @@ class ActivationConfig(_Model):
         return self
 
 
-CertName = Annotated[str, Field(pattern=_CERT_NAME.pattern)]
+# pydantic's pattern is searched, not matched: anchor it so 'identity.v2' or '2nd' cannot pass on a substring
+CertName = Annotated[str, Field(pattern=f"^{_CERT_NAME.pattern}$")]
 
 
 class EdgecertConfig(_Model):
@@ -684,6 +695,16 @@ class EdgecertConfig(_Model):
     renewal: RenewalConfig = RenewalConfig()
     certificates: dict[CertName, CertificateConfig] = Field(default_factory=dict)
     activation: ActivationConfig = ActivationConfig()
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _schema_integer(cls, value: object) -> object:
+        # Literal[1] alone also takes true and 1.0 (they equal 1 in Python); the contract says the integer 1.
+        if type(value) is not int:
+            raise FieldValueError(
+                f"{value!r} is not the integer 1", "this edgecert reads schema 1; write schemaVersion: 1"
+            )
+        return value
 
     @model_validator(mode="after")
     def _whole(self) -> EdgecertConfig:
@@ -759,6 +780,13 @@ def _check_window_fits(renewal: RenewalConfig, cert: CertificateConfig, name: st
     window = renewal.windows().explicit
     periodic = window if isinstance(window, DailyWindow) else renewal.windows().auto
     gap = longest_closed_gap(periodic)
+    if span <= timedelta(0):
+        raise FieldValueError(
+            f"with validityDays {cert.validity_days} urgentAt ({renewal.urgent_at}) comes at or before renewAt "
+            f"({renewal.renew_at}), so renewal would always be urgent",
+            "make urgentAt later in the lifetime than renewAt (e.g. both as percentages: '80%' and '95%')",
+            field=f"certificates.{name}.validityDays",
+        )
     if span < gap:
         where = "renewal.window" if renewal.window is not None else "renewal.autoWindow.slots"
         raise FieldValueError(
@@ -833,7 +861,8 @@ def merge_desired(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str
         elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = merge_desired(merged[key], value)
         else:
-            merged[key] = _strip_metadata(value) if isinstance(value, Mapping) else value
+            # a new object is merged into nothing, which also drops its null members (RFC 7386)
+            merged[key] = merge_desired({}, value) if isinstance(value, Mapping) else value
     return merged
 
 
@@ -872,6 +901,8 @@ def resolve_certificates(
     problems = []
     for name, cert in config.certificates.items():
         values = {"deviceId": device_id, "moduleId": module_id, "certificateName": name}
+        # ids may hold ',', '+' or '=' (IoT Hub allows them): escape them so they stay inside the attribute value
+        dn_values = {key: _DN_SPECIAL.sub(r"\\\1", value) for key, value in values.items()}
         where = f"certificates.{name}"
         objects = {}
         for field, template in (
@@ -891,7 +922,7 @@ def resolve_certificates(
                 )
             objects[field] = value
         try:
-            subject = parse_subject(expand(cert.effective_subject, values)).rfc4514_string()
+            subject = parse_subject(expand(cert.effective_subject, dn_values)).rfc4514_string()
         except KeyGenerationError as exc:
             problems.append(FieldProblem(f"{where}.subject", exc.message, exc.remedy))
             continue
@@ -919,15 +950,31 @@ def resolve_certificates(
                 ip_addresses=cert.ip_addresses,
                 validity_days=cert.validity_days,
                 paths=CertPaths(
-                    Path(expand(cert.files.cert, values)),
-                    Path(expand(cert.files.key, values)),
-                    Path(expand(cert.files.chain, values)) if cert.files.chain is not None else None,
+                    _expanded_path(cert.files.cert, values, f"{where}.files.cert", problems),
+                    _expanded_path(cert.files.key, values, f"{where}.files.key", problems),
+                    _expanded_path(cert.files.chain, values, f"{where}.files.chain", problems)
+                    if cert.files.chain is not None
+                    else None,
                 ),
             )
         )
     if problems:
         raise ConfigError(problems, source=f"configuration for device {device_id!r}")
     return resolved
+
+
+def _expanded_path(template: str, values: Mapping[str, str], where: str, problems: list[FieldProblem]) -> Path:
+    """Expand a file template; an id such as '..' (a valid IoT Hub id) must not move the file."""
+    text = expand(template, values)
+    if any(part in (".", "..") for part in text.split("/")) or text.count("/") != template.count("/"):
+        problems.append(
+            FieldProblem(
+                where,
+                f"expands to {text!r}, which leaves the folder the template names",
+                "build file names only from ids without '/', or use a fixed path",
+            )
+        )
+    return Path(text)
 
 
 def _strip_metadata(value: Any) -> Any:
@@ -956,6 +1003,13 @@ def _validate(model: type[_M], document: Mapping[str, Any], source: str) -> _M:
         return model.model_validate(document)
     except ValidationError as exc:
         raise ConfigError([_problem(model, err) for err in exc.errors()], source=source) from None
+
+
+_BOUNDS = {
+    "greater_than_equal": ("must be at least", "ge"),
+    "less_than_equal": ("must be at most", "le"),
+    "string_too_long": ("must have at most this many characters:", "max_length"),
+}
 
 
 def _problem(model: type[BaseModel], err: Any) -> FieldProblem:
@@ -992,6 +1046,10 @@ def _problem(model: type[BaseModel], err: Any) -> FieldProblem:
     base = kind.split("_", maxsplit=1)[0]
     if kind.endswith("_type") and base in _JSON_KIND:
         return FieldProblem(_path(loc), f"must be {_JSON_KIND[base]}", f"write {_JSON_KIND[base]}")
+    bounds = _BOUNDS.get(kind)
+    if bounds is not None:
+        limit = err.get("ctx", {}).get(bounds[1])
+        return FieldProblem(_path(loc), f"{bounds[0]} {limit}", f"use a value that is {bounds[0]} {limit}")
     if kind == "string_pattern_mismatch":
         return FieldProblem(_path(loc), "has the wrong form", f"match {err.get('ctx', {}).get('pattern')}")
     return FieldProblem(_path(loc), str(err["msg"]), "see the schema 1 reference in README.md")

@@ -140,13 +140,13 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
 
 def load_private_key(data: bytes, password: bytes | None = None) -> PrivateKey:
     """Read an RSA or EC private key: PKCS#8, PKCS#1 or SEC1, in PEM or DER."""
+    pem = b"-----BEGIN" in data
+    blocks = [b.group(0) for b in _PEM_BLOCK.finditer(data) if b.group(1) in _KEY_LABELS] if pem else []
+    if pem and not blocks and b"ENCRYPTED PRIVATE KEY" not in data:
+        raise ParseError("no PRIVATE KEY block in the PEM data (it holds only certificates or other blocks)")
     try:
-        if b"-----BEGIN" in data:
-            blocks = [b.group(0) for b in _PEM_BLOCK.finditer(data) if b.group(1) in _KEY_LABELS]
-            if not blocks and b"ENCRYPTED PRIVATE KEY" not in data:
-                raise ParseError("no PRIVATE KEY block in the PEM data")
-            source = blocks[0] if blocks else data
-            key = serialization.load_pem_private_key(source, password=password)
+        if pem:
+            key = serialization.load_pem_private_key(blocks[0] if blocks else data, password=password)
         else:
             key = serialization.load_der_private_key(data, password=password)
     except (ValueError, TypeError, UnsupportedAlgorithm):
