@@ -9,39 +9,27 @@ from __future__ import annotations
 
 import argparse
 import time
-from bisect import bisect_right
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from edgecert.core.policy import RenewalPolicy, thresholds
-from edgecert.core.schedule import AutoSlots, DailyWindow, Windows, first_attempt
+from edgecert.core.schedule import AutoSlots, DailyWindow, Windows
 from edgecert.core.units import Percent
+from edgecert.fleet.spread import first_attempts, peak_in_interval
 
 ISSUED = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def peak(instants: list[int], width: int = 10) -> int:
-    ordered = sorted(instants)
-    return max(bisect_right(ordered, t + width - 1) - i for i, t in enumerate(ordered))
 
 
 def scenario(name: str, devices: int, policy: RenewalPolicy, windows: Windows, days: int = 90) -> None:
     th = thresholds(ISSUED, ISSUED + timedelta(days=days), policy)
     started = time.perf_counter()
-    instants = [
-        int(
-            first_attempt(
-                th, policy, windows, device_id=f"device-{n:06d}", cert_name="identity"
-            ).scheduled_at.timestamp()
-        )
-        for n in range(devices)
-    ]
+    instants = first_attempts(th, policy, windows, (f"device-{n:06d}" for n in range(devices)), cert_name="identity")
     elapsed = time.perf_counter() - started
-    span = (max(instants) - min(instants)) / 86400
+    span = (max(instants) - min(instants)) / timedelta(days=1)
     print(
-        f"{name:<44} peak {peak(instants):>5} per 10 s   span {span:5.1f} d   "
+        f"{name:<44} peak {peak_in_interval(instants):>5} per 10 s   span {span:5.1f} d   "
         f"{elapsed / devices * 1e6:6.1f} us per device schedule"
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from bisect import bisect_right
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -24,6 +23,7 @@ from edgecert.core.schedule import (
     stable_fraction,
 )
 from edgecert.core.units import BeforeExpiry, Percent
+from edgecert.fleet.spread import first_attempts, peak_in_interval
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 URGENCY = {Action.WAIT: 0, Action.RENEW: 1, Action.RENEW_URGENT: 2, Action.RENEW_EXPIRED: 3}
@@ -202,37 +202,17 @@ def test_default_24_slots_fit_a_uniform_distribution(seed: int, style: str) -> N
     assert max(abs(c - expected) / expected for c in counts.values()) <= 0.25
 
 
-def peak_per_window(instants_s: list[int], width: int) -> int:
-    """The most instants in any half-open interval [t, t + width) (a sliding window, not fixed bins)."""
-    ordered = sorted(instants_s)
-    return max(bisect_right(ordered, t + width - 1) - i for i, t in enumerate(ordered))
-
-
 def test_fleet_of_100000_devices_issued_together_never_exceeds_12_first_attempts_per_10_seconds() -> None:
     policy = RenewalPolicy()
     windows = Windows()
     issued = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     th = thresholds(issued, issued + timedelta(days=90), policy)
-    times = [
-        int(
-            first_attempt(
-                th, policy, windows, device_id=f"device-{n:06d}", cert_name="identity"
-            ).scheduled_at.timestamp()
-        )
-        for n in range(100_000)
-    ]
-    peak = peak_per_window(times, 10)
+    devices = [f"device-{n:06d}" for n in range(100_000)]
+    times = first_attempts(th, policy, windows, devices, cert_name="identity")
+    peak = peak_in_interval(times)
     no_spread = RenewalPolicy(spread=Percent(Decimal(0)))
-    clumped = [
-        int(
-            first_attempt(
-                th, no_spread, windows, device_id=f"device-{n:06d}", cert_name="identity"
-            ).scheduled_at.timestamp()
-        )
-        for n in range(100_000)
-    ]
-    peak_without_spread = peak_per_window(clumped, 10)
-    span_days = (max(times) - min(times)) / 86400
+    peak_without_spread = peak_in_interval(first_attempts(th, no_spread, windows, devices, cert_name="identity"))
+    span_days = (max(times) - min(times)) / timedelta(days=1)
     print(
         f"\nfleet spread: 100,000 devices, 90-day certificates issued together, defaults: peak {peak} first attempts "
         f"per 10 s over {span_days:.1f} days; without spread: peak {peak_without_spread}"
@@ -251,7 +231,7 @@ def test_a_spread_longer_than_the_renewal_span_does_not_pile_devices_on_the_urge
         first_attempt(th, policy, windows, device_id=f"device-{n:05d}", cert_name="identity") for n in range(20_000)
     ]
     at_urgency = sum(plan.scheduled_at == th.urgent_after for plan in plans)
-    peak = peak_per_window([int(plan.scheduled_at.timestamp()) for plan in plans], 10)
+    peak = peak_in_interval(plan.scheduled_at for plan in plans)
     print(f"\nspread 30% in a shared 4h window, 20,000 devices: peak {peak} per 10 s, {at_urgency} at urgentAfter")
     assert at_urgency == 0
     assert all(plan.window is not None for plan in plans)
