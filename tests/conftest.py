@@ -111,3 +111,14 @@ def openssl_cert(folder: Path, name: str, *, key: str, not_before: datetime, not
         cwd=work,
     )
     return cert
+
+
+@pytest.fixture
+def figure(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print a measured figure straight to the terminal, so CI logs show it without `-s`."""
+
+    def show(text: str) -> None:
+        with capsys.disabled():
+            print(f"\n[figure] {text}")
+
+    return show

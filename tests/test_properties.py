@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -202,7 +203,9 @@ def test_default_24_slots_fit_a_uniform_distribution(seed: int, style: str) -> N
     assert max(abs(c - expected) / expected for c in counts.values()) <= 0.25
 
 
-def test_fleet_of_100000_devices_issued_together_never_exceeds_12_first_attempts_per_10_seconds() -> None:
+def test_fleet_of_100000_devices_issued_together_never_exceeds_12_first_attempts_per_10_seconds(
+    figure: Callable[[str], None],
+) -> None:
     policy = RenewalPolicy()
     windows = Windows()
     issued = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -213,15 +216,17 @@ def test_fleet_of_100000_devices_issued_together_never_exceeds_12_first_attempts
     no_spread = RenewalPolicy(spread=Percent(Decimal(0)))
     peak_without_spread = peak_in_interval(first_attempts(th, no_spread, windows, devices, cert_name="identity"))
     span_days = (max(times) - min(times)) / timedelta(days=1)
-    print(
-        f"\nfleet spread: 100,000 devices, 90-day certificates issued together, defaults: peak {peak} first attempts "
+    figure(
+        f"fleet spread: 100,000 devices, 90-day certificates issued together, defaults: peak {peak} first attempts "
         f"per 10 s over {span_days:.1f} days; without spread: peak {peak_without_spread}"
     )
     assert peak <= 12
     assert peak_without_spread > peak  # the spread is what flattens it, not the slots alone
 
 
-def test_a_spread_longer_than_the_renewal_span_does_not_pile_devices_on_the_urgency_point() -> None:
+def test_a_spread_longer_than_the_renewal_span_does_not_pile_devices_on_the_urgency_point(
+    figure: Callable[[str], None],
+) -> None:
     """Spread 30 % of 90 days (27 d) exceeds renewAt 80 % .. urgentAt 95 % (13.5 d); one shared 4 h window."""
     policy = RenewalPolicy(spread=Percent(Decimal(30)))
     windows = Windows(DailyWindow(time(1, 0), timedelta(hours=4), ZoneInfo("Europe/Berlin")))
@@ -232,7 +237,7 @@ def test_a_spread_longer_than_the_renewal_span_does_not_pile_devices_on_the_urge
     ]
     at_urgency = sum(plan.scheduled_at == th.urgent_after for plan in plans)
     peak = peak_in_interval(plan.scheduled_at for plan in plans)
-    print(f"\nspread 30% in a shared 4h window, 20,000 devices: peak {peak} per 10 s, {at_urgency} at urgentAfter")
+    figure(f"spread 30% in a shared 4h window, 20,000 devices: peak {peak} per 10 s, {at_urgency} at urgentAfter")
     assert at_urgency == 0
     assert all(plan.window is not None for plan in plans)
     assert peak <= 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def leftovers(paths: CertPaths) -> list[str]:
 
 @pytest.mark.parametrize("chain", [True, False], ids=["with chain file", "cert and key only"])
 def test_crash_after_every_step_then_recover_keeps_a_matching_pair(
-    tmp_path: Path, ca: Issued, pairs: dict[str, Issued], chain: bool
+    tmp_path: Path, ca: Issued, pairs: dict[str, Issued], chain: bool, figure: Callable[[str], None]
 ) -> None:
     """Crash a swap a -> b after each of its steps; recover() always leaves a or b, with previous kept."""
     outcomes: dict[str, int] = {}
@@ -158,7 +158,7 @@ def test_crash_after_every_step_then_recover_keeps_a_matching_pair(
         assert_keys_private([paths.cert.parent, paths.key.parent])
         outcomes[f"{live}"] = outcomes.get(f"{live}", 0) + 1
     steps = len(ops.steps)
-    print(f"swap of {'3' if chain else '2'} files: {steps} steps, crashed after each; outcomes {outcomes}")
+    figure(f"swap of {'3' if chain else '2'} files: {steps} steps, crashed after each; outcomes {outcomes}")
     assert outcomes.get("a", 0) > 0, "no crash point left the old pair (before commit)"
     assert outcomes.get("b", 0) > 0, "no crash point rolled forward to the new pair (after commit)"
     assert {op for op, _ in ops.steps} >= {"write", "fsync", "fsync-dir", "replace", "link", "unlink"}
