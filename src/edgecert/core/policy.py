@@ -87,11 +87,6 @@ class Decision:
     reason: str
     thresholds: Thresholds
 
-    @property
-    def renewal_needed(self) -> bool:
-        """True for every action but `wait`."""
-        return self.action is not Action.WAIT
-
 
 def thresholds(not_before: datetime, not_after: datetime, policy: RenewalPolicy) -> Thresholds:
     """Compute renewAfter and urgentAfter for a certificate's validity period."""

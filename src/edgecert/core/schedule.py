@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 DAY = timedelta(days=1)
-_WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class WindowSource(StrEnum):
@@ -93,11 +92,6 @@ class DailyWindow:
             raise ValueError("a daily window lasts from 1 minute to 24 hours")
         if self.days is not None and (not self.days or not self.days <= set(range(7))):
             raise ValueError("a daily window needs at least one weekday, numbered 0 (Mon) to 6")
-
-    def describe(self) -> str:
-        """A short human form, e.g. `02:00+2h Europe/Berlin mon,wed`."""
-        days = "" if self.days is None else " " + ",".join(_WEEKDAY_NAMES[d] for d in sorted(self.days))
-        return f"{self.start:%H:%M}+{self.length} {self.tz}{days}"
 
 
 @dataclass(frozen=True, slots=True)
