@@ -251,9 +251,10 @@ def first_attempt(
     """Plan a device's first renewal attempt for a certificate (independent of `now`).
 
     With a daily or automatic window it is the first of the device's window points at or after its
-    spread instant, so it lies in [renewAfter, urgentAfter]. With a suggested window that applies
-    to the certificate it is a stable point inside that window (RFC 9773 lets the server ask for an
-    early renewal), never past urgentAfter.
+    spread instant; if that is past urgentAfter, the device's last window point before urgentAfter;
+    if the window never opens in between, the spread instant itself. So it lies in [renewAfter,
+    urgentAfter]. With a suggested window that applies to the certificate it is a stable point in
+    the part of that window before urgentAfter (RFC 9773 lets the server ask for an early renewal).
     """
     explicit = windows.explicit
     if (
@@ -363,16 +364,21 @@ def _retry_windows(windows: Windows) -> Windows:
     return windows
 
 
+def _periodic(windows: Windows) -> tuple[DailyWindow | AutoSlots, WindowSource]:
+    """The repeating window in force: the twin's daily window, else the automatic slots."""
+    if isinstance(windows.explicit, DailyWindow):
+        return windows.explicit, WindowSource.TWIN
+    return windows.auto, WindowSource.AUTO
+
+
 def _current_interval(windows: Windows, device_id: str, now: datetime) -> Interval | None:
-    periodic = windows.explicit if isinstance(windows.explicit, DailyWindow) else windows.auto
+    periodic, _source = _periodic(windows)
     first = next(occurrences(periodic, device_id, since=now))
     return first if now in first else None
 
 
 def _next_point(th: Thresholds, windows: Windows, device_id: str, earliest: datetime) -> Schedule:
-    explicit = windows.explicit
-    periodic = explicit if isinstance(explicit, DailyWindow) else windows.auto
-    source = WindowSource.TWIN if isinstance(explicit, DailyWindow) else WindowSource.AUTO
+    periodic, source = _periodic(windows)
     for interval in occurrences(periodic, device_id, since=earliest):
         point = device_point(interval, device_id)
         if point >= earliest:
@@ -384,9 +390,7 @@ def _next_point(th: Thresholds, windows: Windows, device_id: str, earliest: date
 
 def _last_point(th: Thresholds, windows: Windows, device_id: str) -> Schedule | None:
     """The device's latest window point in [renewAfter, urgentAfter], if the window opens in that span."""
-    explicit = windows.explicit
-    periodic = explicit if isinstance(explicit, DailyWindow) else windows.auto
-    source = WindowSource.TWIN if isinstance(explicit, DailyWindow) else WindowSource.AUTO
+    periodic, source = _periodic(windows)
     best: Schedule | None = None
     since = max(th.renew_after, th.urgent_after - timedelta(days=8))  # a weekly window opens within 8 days
     for interval in occurrences(periodic, device_id, since=since):
