@@ -1,0 +1,87 @@
+"""Running emulators: an event loop in its own thread, TLS listeners on loopback, admin auth.
+
+Emulators never share the event loop of the code under test: azure-iot-device's handler setters
+block until SUBACK and deadlock when the broker runs on the caller's loop (reference
+iothub-and-edge.md §2.4), and a test's own loop must stay free for the SDK clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+__all__ = ["LoopThread", "admin_auth", "json_error", "listen", "server_tls"]
+
+_T = TypeVar("_T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread; `run` executes a coroutine on it."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float = 30) -> _T:
+        """Run `coro` on the thread's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the thread to end."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+
+
+def server_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A TLS server context (TLS 1.2 and 1.3) for one listener."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def listen(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
+    """Serve `app` on host:port (0 picks a free port); return the runner and the real port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    site = web.SockSite(runner, sock, ssl_context=tls)
+    await site.start()
+    return runner, int(sock.getsockname()[1])
+
+
+def admin_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: every control request carries `Authorization: Bearer <token>`."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return json_error(401, "Unauthorized", "control requests need 'Authorization: Bearer <adminToken>'")
+        return await handler(request)
+
+    return check
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    """An error in the control API's shape: {"error": {"code", "message"}}."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
