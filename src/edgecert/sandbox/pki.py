@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgecert.core.certinfo import PrivateKey
 from edgecert.crypto import generate_key, key_to_pem, signature_hash
 
 __all__ = ["SandboxCA", "ServerCredentials"]
@@ -74,6 +75,10 @@ class SandboxCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(self._key, signature_hash(self._key))
         )
+
+    def signing_pair(self) -> tuple[x509.Certificate, PrivateKey]:
+        """The CA certificate and key, for an emulator that issues certificates with this CA."""
+        return self.certificate, self._key
 
     @property
     def pem(self) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 __all__ = ["LoopThread", "admin_auth", "json_error", "listen", "server_tls"]
 
@@ -59,17 +60,22 @@ def server_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
 
 async def listen(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
     """Serve `app` on host:port (0 picks a free port); return the runner and the real port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+
+    async def close_listener(_app: web.Application) -> None:
+        sock.close()  # the site stops listening, but the socket given to it stays ours to close
+
+    app.on_cleanup.append(close_listener)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=tls)
     await site.start()
     return runner, int(sock.getsockname()[1])
 
 
-def admin_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def admin_auth(token: str) -> Middleware:
     """Middleware: every control request carries `Authorization: Bearer <token>`."""
 
     @web.middleware
