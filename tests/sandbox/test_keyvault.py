@@ -8,14 +8,13 @@ import hashlib
 import json
 import ssl
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import (
-    ClientAuthenticationError,
     DecodeError,
     HttpResponseError,
     ResourceNotFoundError,
@@ -498,9 +497,9 @@ def test_role_assignments_stop_at_the_subscription_limit(emulator: KeyVaultEmula
         emulator.assignments.add(
             "sandbox", principal.object_id, "Key Vault Secrets User", f"/secrets/s{len(emulator.assignments)}"
         )
+    body = {"principalId": principal.object_id, "role": "Key Vault Secrets User", "scope": "/secrets/one-more"}
     with pytest.raises(AdminError) as caught:
-        admin(emulator, "POST", "/_sandbox/vaults/sandbox/roleAssignments",
-              {"principalId": principal.object_id, "role": "Key Vault Secrets User", "scope": "/secrets/one-more"})  # fmt: skip
+        admin(emulator, "POST", "/_sandbox/vaults/sandbox/roleAssignments", body)
     assert caught.value.status == 400
     assert "RoleAssignmentLimitExceeded" in caught.value.body
     emulator.assignments.limit = 10**6  # let the rest of the module assign again
@@ -677,29 +676,30 @@ def test_auto_renew_makes_a_new_version(emulator: KeyVaultEmulator, device: Prin
 # -- fidelity --------------------------------------------------------------------------------------
 
 
+def _kind(entry: dict[str, Any]) -> str | None:
+    """Which of the compared responses a recorded entry is, if any."""
+    body, uri, method = entry.get("ResponseBody"), entry["RequestUri"].split("?")[0], entry["RequestMethod"]
+    if not isinstance(body, dict) or entry["StatusCode"] >= 400 or "error" in body:
+        return None
+    if uri.endswith("/create") and entry["StatusCode"] == 202:
+        return "create"
+    if uri.endswith("/pending") and method == "GET":
+        return "pending"
+    if "/certificates/" in uri and method == "GET" and "cer" in body:
+        return "certificate"
+    if "/secrets/" in uri and "value" in body:
+        return "secret"
+    return None
+
+
 def _recorded(kind: str) -> list[dict[str, Any]]:
     """Recorded real-service response bodies of one kind, from every recording."""
-    found = []
-    for path in sorted(FIXTURES.glob("*.json")):
-        for entry in json.loads(path.read_text())["Entries"]:
-            body, uri, status = entry.get("ResponseBody"), entry["RequestUri"].split("?")[0], entry["StatusCode"]
-            if not isinstance(body, dict) or "error" in body and status >= 400:
-                continue
-            if kind == "create" and uri.endswith("/create") and status == 202:
-                found.append(body)
-            elif (
-                kind == "pending"
-                and uri.endswith("/pending")
-                and entry["RequestMethod"] == "GET"
-                and "error" not in body
-            ):
-                found.append(body)
-            elif (
-                kind == "certificate" and "/certificates/" in uri and entry["RequestMethod"] == "GET" and "cer" in body
-            ):
-                found.append(body)
-            elif kind == "secret" and "/secrets/" in uri and "value" in body:
-                found.append(body)
+    found = [
+        entry["ResponseBody"]
+        for path in sorted(FIXTURES.glob("*.json"))
+        for entry in json.loads(path.read_text())["Entries"]
+        if _kind(entry) == kind
+    ]
     assert found, f"no recorded {kind} responses"
     return found
 
