@@ -43,9 +43,19 @@ class LoopThread:
         """Run `coro` on the thread's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def call(self, fn: Callable[[], _T], timeout: float = 30) -> _T:
+        """Run a plain function on the thread's loop (where an emulator's state lives) and return its result."""
+
+        async def invoke() -> _T:
+            return fn()
+
+        return self.run(invoke(), timeout)
+
     def stop(self) -> None:
         """Stop the loop and wait for the thread to end."""
         if self._thread.is_alive():
+            # TLS connections close in steps (close_notify, then the socket): let those steps run
+            self.run(asyncio.sleep(0.05))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
 
