@@ -55,7 +55,7 @@ class LoopThread:
         """Stop the loop and wait for the thread to end."""
         if self._thread.is_alive():
             # TLS connections close in steps (close_notify, then the socket): let those steps run
-            self.run(asyncio.sleep(0.05))
+            self.run(asyncio.sleep(SSL_SHUTDOWN_TIMEOUT * 2))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
 
@@ -80,9 +80,34 @@ async def listen(app: web.Application, host: str, port: int, tls: ssl.SSLContext
     app.on_cleanup.append(close_listener)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=tls)
+    site = _QuickTlsShutdownSite(runner, sock, ssl_context=tls)
     await site.start()
     return runner, int(sock.getsockname()[1])
+
+
+#: How long a closing TLS connection waits for the peer's close_notify before it is aborted.
+SSL_SHUTDOWN_TIMEOUT = 0.1
+
+
+class _QuickTlsShutdownSite(web.SockSite):
+    """A SockSite whose TLS connections give up waiting for close_notify quickly.
+
+    An idle client (a connection pool) never answers close_notify; asyncio then waits 30 s by default
+    before it closes the socket, longer than an emulator stop waits, and the socket leaks.
+    """
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        if server is None:  # pragma: no cover - setup() ran in listen()
+            raise RuntimeError("the runner is not set up")
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT if self._ssl_context is not None else None,
+        )
 
 
 def admin_auth(token: str) -> Middleware:
