@@ -88,6 +88,16 @@ def _build_parser() -> _Parser:
     csr.add_argument("--json", action="store_true", help="print JSON")
     csr.set_defaults(handler=_csr)
 
+    emulator = commands.add_parser("emulator", help="run one sandbox emulator in the foreground (for your own tests)")
+    emulator.add_argument(
+        "kind", choices=["keyvault", "iothub"], help="keyvault (with identity) or iothub (with workload)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    emulator.add_argument("--port", type=int, default=0, help="port of the vault or hub (0 picks a free one)")
+    emulator.add_argument("--state-dir", type=Path, help="folder for the CA file and TLS files (default: a temp dir)")
+    emulator.add_argument("--permission-model", default="rbac", choices=["rbac", "access-policy"], help="the vault's")
+    emulator.set_defaults(handler=_emulator)
+
     status = commands.add_parser("status", help="the installed certificates named by a config, and their decisions")
     status.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
     status.add_argument("--now", help="judge at this ISO-8601 instant instead of the current time")
@@ -262,6 +272,21 @@ def _print_status(result: dict[str, Any]) -> None:
         print(line)
         if "error" in entry:
             print(f"  {'':<16} remedy: {entry['error']['remedy']}")
+
+
+# -- emulator --------------------------------------------------------------------------------------
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from edgecert.sandbox.run import run_emulator  # noqa: PLC0415 - the emulators load only when asked for
+
+    if not args.host.startswith("127.") and args.host not in ("::1", "localhost"):
+        raise UsageError(
+            f"--host {args.host} is not a loopback address", remedy="use 127.0.0.1 or another 127.x address"
+        )
+    return run_emulator(
+        args.kind, host=args.host, port=args.port, state_dir=args.state_dir, permission_model=args.permission_model
+    )
 
 
 # -- shared ----------------------------------------------------------------------------------------
