@@ -541,6 +541,10 @@ def test_hsm_keys_cost_twice_the_software_create_budget(
     with pytest.raises(HttpResponseError, match="Throttled"):
         keys.create_key("soft-1", "EC")
     clock.value += 11
+    standard = kv(retry_total=0)["keys"]
+    emulator.assign_role("sandbox", device.object_id, "Key Vault Crypto Officer", "/keys/hsm-in-standard")
+    with pytest.raises(HttpResponseError, match="Premium"):
+        standard.create_key("hsm-in-standard", "RSA-HSM")
     keys.create_key("soft-1", "EC")
     keys.create_key("soft-2", "EC")
     with pytest.raises(HttpResponseError, match="Throttled"):

@@ -305,6 +305,10 @@ async def _pipeline(
     denial = _authorize(vault, context, op, str(caller.get("oid", "")), name=name, identity=_identity(caller))
     if denial is not None and not vault.denied_consumes:
         return _error(VaultError(403, "Forbidden", denial.message, denial.inner_code))
+    kty = _requested_key_type(body)
+    if op.throttle == "key-create" and kty.endswith("-HSM") and vault.sku != "premium":
+        # HSM-protected keys exist only in Premium vaults (the exact error text is unconfirmed)
+        return _error(VaultError(400, "BadParameter", f"Key type {kty} is only allowed in a Premium vault"))
     kind, cost = _throttle_class(vault, op, name, version=request.match_info.get("version"), body=body)
     budget = vault.throttle.take(kind, cost, context.monotonic())
     if not budget.allowed:
@@ -405,8 +409,7 @@ def _throttle_class(
     vault: Vault, op: Operation, name: str, *, version: str | None, body: dict[str, Any]
 ) -> tuple[str, float]:
     if op.throttle == "key-create":
-        kty = str((body.get("policy") or {}).get("key_props", {}).get("kty") or body.get("kty") or "RSA")
-        return "key-create", key_create_cost(hsm=kty.endswith("-HSM"))
+        return "key-create", key_create_cost(hsm=_requested_key_type(body).endswith("-HSM"))
     if op.throttle == "key-other":
         key = vault.objects.key_info(name, version)
         if key is None:
@@ -414,6 +417,14 @@ def _throttle_class(
         size = getattr(key.key, "key_size", None)
         return "key-other", key_transaction_cost(key.kty, size if key.kty.startswith("RSA") else None)
     return op.throttle, 1.0
+
+
+def _requested_key_type(body: dict[str, Any]) -> str:
+    """The key type a create request asks for (a key's `kty`, or a certificate policy's)."""
+    policy = body.get("policy")
+    props = policy.get("key_props") if isinstance(policy, dict) else None
+    kty = props.get("kty") if isinstance(props, dict) else body.get("kty")
+    return str(kty or "RSA")
 
 
 async def _inject(fault: Fault, request: web.Request) -> web.StreamResponse | None:
