@@ -64,3 +64,22 @@ def test_emulator_refuses_a_non_loopback_host(run_cli: Any) -> None:
     result = run_cli("emulator", "keyvault", "--host", "0.0.0.0")  # noqa: S104 - the point is that it is refused
     assert result.code == 2
     assert "loopback" in result.err
+
+
+def test_iothub_emulator_ready_line_and_control_api(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecert", "emulator", "iothub", "--port", "0", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        assert {"hostname", "caFile", "adminUrl", "adminToken", "mqttProxy", "workloadUri"} <= set(ready)
+        assert ready["mqttProxy"].startswith("http://127.0.0.1:")
+        made = control(ready, "POST", "/_sandbox/devices", {"deviceId": "edge-1", "moduleId": "edgecert"})
+        assert f"HostName={ready['hostname']}" in made["connectionString"]
+        assert made["edgeEnv"]["IOTEDGE_DEVICEID"] == "edge-1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err

@@ -762,3 +762,22 @@ def test_responses_carry_every_field_of_the_recorded_real_service(
         if kind == "pending":
             target = completed if recorded.get("status") == "completed" else in_progress
         assert _missing(recorded, target) == []
+
+
+def test_tokens_are_refused_when_expired_for_another_audience_or_tampered() -> None:
+    from edgecert.sandbox.identity import TokenError, TokenIssuer
+
+    instant = [datetime(2026, 6, 1, tzinfo=UTC)]
+    issuer = TokenIssuer(now=lambda: instant[0])
+    principal = Principal("device")
+    token, expires = issuer.issue(principal, "https://vault.azure.net")
+    assert issuer.verify(token, "https://vault.azure.net")["oid"] == principal.object_id
+    with pytest.raises(TokenError, match="AKV10022"):
+        issuer.verify(token, "https://storage.azure.com")
+    with pytest.raises(TokenError, match="signature"):
+        issuer.verify(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), "https://vault.azure.net")
+    with pytest.raises(TokenError, match="signature"):
+        TokenIssuer(now=lambda: instant[0]).verify(token, "https://vault.azure.net")  # another sandbox's key
+    instant[0] = expires
+    with pytest.raises(TokenError, match="expired"):
+        issuer.verify(token, "https://vault.azure.net")

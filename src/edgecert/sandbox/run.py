@@ -59,4 +59,17 @@ def _start(kind: str, *, host: str, port: int, state_dir: Path, permission_model
             "adminUrl": vault.admin_url,
             "adminToken": vault.admin_token,
         }
+    if kind == "iothub":
+        from edgecert.sandbox.iothub.emulator import IotHubEmulator  # noqa: PLC0415 - load only what runs
+
+        hub = IotHubEmulator(state_dir, mqtt_host=host, mqtt_port=port).start()
+        return hub, {
+            "hostname": hub.hostname,
+            "gatewayHostname": hub.gateway_hostname,
+            "caFile": str(hub.ca_file),
+            "adminUrl": hub.admin_url,
+            "adminToken": hub.admin_token,
+            "mqttProxy": hub.mqtt_proxy,
+            "workloadUri": hub.workload_uri,
+        }
     raise ValueError(f"unknown emulator {kind!r}")
