@@ -16,9 +16,20 @@ key material or tokens. Foreign exceptions are translated at the boundary (`rais
     ├── StoreError                     store.io                 certificate files could not be written
     │   └── RecoveryError              store.recovery           an interrupted swap could not be repaired
     ├── KeyGenerationError             crypto.keygen            a key or CSR could not be made
-    ├── IssuanceError                  issue.failed             Key Vault issuance failed (F3 extends)
-    │   ├── TransientError             issue.transient          a retryable failure (timeouts, 5xx)
-    │   └── ThrottledError             issue.throttled          Key Vault answered 429
+    ├── IssuanceError                  issue.failed             Key Vault issuance failed
+    │   ├── TransientError             issue.transient          a retryable failure (timeouts, 5xx, dropped)
+    │   ├── ThrottledError             issue.throttled          Key Vault answered 429
+    │   ├── IdentityError              identity.unavailable     no managed identity, or no token for it
+    │   ├── AuthenticationError        kv.unauthorized          the vault refused the identity's token (401)
+    │   ├── PermissionDeniedError      kv.forbidden             403 for another reason (disabled object, ...)
+    │   │   ├── RbacDeniedError        kv.forbidden-rbac        an RBAC role is missing (names role and command)
+    │   │   ├── AccessPolicyDeniedError kv.forbidden-policy     an access-policy permission is missing
+    │   │   └── FirewallDeniedError    kv.forbidden-firewall    the vault firewall refused the device's address
+    │   ├── ObjectNotFoundError        kv.not-found             a certificate, secret or key name does not exist
+    │   ├── VaultUnreachableError      kv.unreachable           wrong vault URL, DNS or no route to the vault
+    │   ├── TlsVerificationError       kv.tls                   the vault's TLS certificate is not trusted
+    │   ├── VaultRequestError          kv.bad-request           the vault refused the request as malformed (400/409)
+    │   └── IssuedMaterialError        issue.bad-material       what the vault returned is not usable
     └── ActivationError                activation.failed        the runtime did not take the new files (F4 extends)
 
 `ERROR_CLASSES` lists every class by code; docs and tests walk it, so a new error cannot be left
@@ -34,23 +45,34 @@ from typing import ClassVar
 
 __all__ = [
     "ERROR_CLASSES",
+    "AccessPolicyDeniedError",
     "ActivationError",
+    "AuthenticationError",
     "CertificateError",
     "ChainError",
     "ConfigError",
     "EdgecertError",
     "FieldProblem",
+    "FirewallDeniedError",
+    "IdentityError",
     "IssuanceError",
+    "IssuedMaterialError",
     "KeyGenerationError",
     "KeyMismatchError",
+    "ObjectNotFoundError",
+    "PermissionDeniedError",
+    "RbacDeniedError",
     "RecoveryError",
     "ShapeError",
     "StoreError",
     "ThrottledError",
+    "TlsVerificationError",
     "TransientError",
     "UnreadableError",
     "UsageError",
     "ValidityError",
+    "VaultRequestError",
+    "VaultUnreachableError",
 ]
 
 ERROR_CLASSES: dict[str, type[EdgecertError]] = {}
@@ -218,11 +240,26 @@ class KeyGenerationError(EdgecertError):
 
 
 class IssuanceError(EdgecertError):
-    """Key Vault could not issue or hand out a certificate."""
+    """Key Vault could not issue or hand out a certificate.
+
+    `retry_after` carries the server's Retry-After when it sent one.
+    """
 
     code = "issue.failed"
     summary = "the certificate could not be issued through Key Vault"
     default_remedy = "run 'edgecert check' for a diagnosis of identity, vault and permissions"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: timedelta | None = None,
+        remedy: str | None = None,
+        certificate: str | None = None,
+        vault: str | None = None,
+    ) -> None:
+        super().__init__(message, remedy=remedy, certificate=certificate, vault=vault)
+        self.retry_after = retry_after
 
 
 class TransientError(IssuanceError):
@@ -242,9 +279,96 @@ class ThrottledError(IssuanceError):
     summary = "Key Vault throttled the request (429)"
     default_remedy = "spread renewals: widen renewal.spread or renewal.window, or add slots to renewal.autoWindow"
 
-    def __init__(self, message: str, *, retry_after: timedelta | None = None, **kwargs: str | None) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+
+class IdentityError(IssuanceError):
+    """The managed identity is missing, or no token could be obtained for it."""
+
+    code = "identity.unavailable"
+    summary = "no managed identity is assigned to the device, or no token could be obtained"
+    default_remedy = (
+        "assign a managed identity to the device's host (VM: 'az vm identity assign'; Arc: the machine's "
+        "system identity) and, for a user-assigned identity, set vault.clientId"
+    )
+
+
+class AuthenticationError(IssuanceError):
+    """The vault refused the identity's token (401 after the challenge)."""
+
+    code = "kv.unauthorized"
+    summary = "Key Vault refused the managed identity's token"
+    default_remedy = "check that the vault is in the identity's tenant and that vault.url names the right vault"
+
+
+class PermissionDeniedError(IssuanceError):
+    """Key Vault answered 403."""
+
+    code = "kv.forbidden"
+    summary = "Key Vault refused the operation (403)"
+    default_remedy = "run 'edgecert check' to see which permission is missing"
+
+
+class RbacDeniedError(PermissionDeniedError):
+    """An Azure RBAC role assignment is missing (403 ForbiddenByRbac)."""
+
+    code = "kv.forbidden-rbac"
+    summary = "the identity lacks the Azure RBAC role for this operation on this object"
+
+
+class AccessPolicyDeniedError(PermissionDeniedError):
+    """An access-policy permission is missing (403 AccessDenied / ForbiddenByPolicy)."""
+
+    code = "kv.forbidden-policy"
+    summary = "the vault uses access policies and the identity's policy lacks this permission"
+
+
+class FirewallDeniedError(PermissionDeniedError):
+    """The vault's network rules refused the device's address (403 ForbiddenByFirewall)."""
+
+    code = "kv.forbidden-firewall"
+    summary = "the vault's firewall refused the device's network address"
+
+
+class ObjectNotFoundError(IssuanceError):
+    """A certificate, secret or key named by the configuration does not exist (404)."""
+
+    code = "kv.not-found"
+    summary = "a Key Vault object named by the configuration does not exist"
+
+
+class VaultUnreachableError(IssuanceError):
+    """The vault could not be reached: wrong URL, DNS, or no network path."""
+
+    code = "kv.unreachable"
+    retryable = True
+    summary = "the vault could not be reached (wrong URL, DNS, proxy or no network)"
+    default_remedy = "check vault.url (https://<name>.vault.azure.net) and the device's DNS and outbound HTTPS"
+
+
+class TlsVerificationError(IssuanceError):
+    """The vault's TLS certificate did not verify against the trusted CAs."""
+
+    code = "kv.tls"
+    summary = "the vault's TLS certificate is not trusted by the device"
+    default_remedy = (
+        "if a TLS-inspecting proxy or private CA sits in front of the vault, set vault.caFile to its CA bundle; "
+        "never turn verification off"
+    )
+
+
+class VaultRequestError(IssuanceError):
+    """The vault refused a request as malformed or conflicting (400, 409)."""
+
+    code = "kv.bad-request"
+    summary = "the vault refused a request as malformed or conflicting"
+    default_remedy = "check the certificate's policy and names in the configuration"
+
+
+class IssuedMaterialError(IssuanceError):
+    """What the vault returned is not a usable certificate and key."""
+
+    code = "issue.bad-material"
+    summary = "the certificate or key returned by the vault is not usable"
+    default_remedy = "check the certificate policy in Key Vault (key type, subject, content type)"
 
 
 class ActivationError(EdgecertError):
