@@ -516,6 +516,8 @@ class CertificateConfig(_Model):
     certificate_name: Template | None = None
     issuer_certificate_name: Template | None = None
     issuer_key_name: Template | None = None
+    #: vault-ca: the issuing CA's chain pinned in a PEM file (issuing CA first) instead of read from Key Vault.
+    issuer_chain: FileRef | None = None
     key: KeyConfig | None = None
     subject: Template | None = None
     dns_names: tuple[Template, ...] = ()
@@ -557,6 +559,10 @@ class CertificateConfig(_Model):
                 raise FieldValueError(f"mode {self.mode} needs {field}", f"add {field}: {what}", field=field)
             if not needed and value is not None:
                 raise FieldValueError(f"{field} is not used by mode {self.mode}", f"remove {field}", field=field)
+        if self.issuer_chain is not None and self.mode != "vault-ca":
+            raise FieldValueError(
+                f"issuerChain is used only by mode vault-ca, not {self.mode}", "remove issuerChain", field="issuerChain"
+            )
         if self.mode == "vault-fetch":
             decided_by_vault = {"key": self.key is not None, "validityDays": self.validity_days is not None}
             for field, given in decided_by_vault.items():
@@ -876,6 +882,7 @@ class ResolvedCertificate:
     vault_object: str | None
     issuer_certificate: str | None
     issuer_key: str | None
+    issuer_chain: Path | None
     key_type: str | None
     subject: str
     dns_names: tuple[str, ...]
@@ -944,6 +951,9 @@ def resolve_certificates(
                 vault_object=objects["certificateName"],
                 issuer_certificate=objects["issuerCertificateName"],
                 issuer_key=objects["issuerKeyName"],
+                issuer_chain=_expanded_path(cert.issuer_chain, values, f"{where}.issuerChain", problems)
+                if cert.issuer_chain is not None
+                else None,
                 key_type=cert.effective_key_type,
                 subject=subject,
                 dns_names=dns,

@@ -1,7 +1,7 @@
 """The seams between the agent and the outside world, as Protocols, and the values they trade.
 
-Adapters implement these (`adapters/filestore.py` is the `CertStore`); in-memory fakes implement
-them in tests. Key Vault issuance, the twin and activation join in F3 and F4.
+Adapters implement these (`adapters/filestore.py` is the `CertStore`; `issuers/` hold the three
+`Issuer`s on the Key Vault adapter); in-memory fakes implement them in tests.
 """
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from cryptography import x509
 
 from edgecert.core.certinfo import KeyAndChain
 from edgecert.core.validate import Expectations
 
-__all__ = ["CertPaths", "CertStore", "Clock"]
+if TYPE_CHECKING:
+    from edgecert.config import ResolvedCertificate
+
+__all__ = ["CertPaths", "CertStore", "Clock", "IssueRequest", "Issued", "Issuer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +68,33 @@ class CertStore(Protocol):
 
     def rollback(self, paths: CertPaths) -> None:
         """Swap the previous pair back in."""
+        ...
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """What an issuer needs to renew one certificate for one device."""
+
+    certificate: ResolvedCertificate
+    device_id: str
+    installed: KeyAndChain | None = None
+    #: Retries never wait past this instant (the schedule's urgency point).
+    deadline: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A new key and chain from an issuer, with what the chain must build to."""
+
+    bundle: KeyAndChain
+    anchors: tuple[x509.Certificate, ...]
+    #: The Key Vault version it came from, where there is one.
+    version: str | None = None
+
+
+class Issuer(Protocol):
+    """Gets a new certificate for a device: vault-ca, vault-managed or vault-fetch."""
+
+    async def issue(self, request: IssueRequest) -> Issued | None:
+        """A new key and chain, or None when there is nothing newer to install (vault-fetch)."""
         ...

@@ -221,6 +221,12 @@ class KeyVault:
             await self._call(call, lambda: self._rest("GET", f"/certificates/{name}/pending", None), deadline)
         )
 
+    async def policy(self, name: str, *, deadline: datetime | None = None,
+                     role_hint: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        """A certificate's policy in its REST form."""
+        call = Call("get the policy", "certificates", name, self.endpoint.url, role_hint)
+        return await self._call(call, lambda: self._rest("GET", f"/certificates/{name}/policy", None), deadline)
+
     # -- secrets and keys ------------------------------------------------------------------------
 
     async def secret(self, name: str, version: str | None = None, *, deadline: datetime | None = None) -> SecretValue:

@@ -330,7 +330,13 @@ class VaultObjects:
             except ParseError as exc:
                 raise bad(f"The specified PEM X.509 certificate content is in an unexpected format: {exc}") from None
             given = body.get("policy") or {}
-            policy = self._policy(name, {**_policy_of(bundle), **given, "issuer": {"name": "Unknown"}})
+            derived = _policy_of(bundle)
+            merged = {**derived, **given, "issuer": {"name": "Unknown"}}
+            for part in ("key_props", "x509_props"):  # the key's own type and size win over the request's
+                merged[part] = {**(given.get(part) or {}), **derived[part]}
+                if part == "key_props" and "exportable" in (given.get(part) or {}):
+                    merged[part]["exportable"] = given[part]["exportable"]
+            policy = self._policy(name, merged)
             policy["secret_props"] = given.get("secret_props") or {"contentType": content_type}
             attributes = body.get("attributes") or {}
             pending = Pending(
