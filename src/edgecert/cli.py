@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a problem was found (an expired, missing or unusable ce
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -87,6 +88,18 @@ def _build_parser() -> _Parser:
     csr.add_argument("--force", action="store_true", help="replace existing files")
     csr.add_argument("--json", action="store_true", help="print JSON")
     csr.set_defaults(handler=_csr)
+
+    renew = commands.add_parser("renew", help="one renewal pass for every configured certificate, outside the loop")
+    renew.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
+    renew.add_argument("--force", action="store_true", help="renew every certificate, due or not")
+    renew.add_argument("--dry-run", action="store_true", help="issue and store nothing; say what would be done")
+    renew.add_argument("--json", action="store_true", help="print JSON")
+    renew.set_defaults(handler=_renew)
+
+    check = commands.add_parser("check", help="diagnose identity, vault and permissions without side effects")
+    check.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(handler=_check)
 
     emulator = commands.add_parser("emulator", help="run one sandbox emulator in the foreground (for your own tests)")
     emulator.add_argument(
@@ -210,10 +223,7 @@ def _csr(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     now = _now(args.now)
-    path = args.config or (Path(os.environ["EDGECERT_CONFIG"]) if os.environ.get("EDGECERT_CONFIG") else None)
-    if path is None:
-        raise UsageError("no config file given", remedy="pass --config FILE or set EDGECERT_CONFIG")
-    config = load_config_file(path)
+    config = load_config_file(_config_path(args.config))
     policy = config.renewal.policy()
     windows = config.renewal.windows()
     retry = config.renewal.retry.to_core()
@@ -272,6 +282,59 @@ def _print_status(result: dict[str, Any]) -> None:
         print(line)
         if "error" in entry:
             print(f"  {'':<16} remedy: {entry['error']['remedy']}")
+
+
+# -- renew and check -------------------------------------------------------------------------------
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from edgecert.renewal import renew_pass  # noqa: PLC0415 - the Azure SDKs load only for commands that use them
+
+    config = load_config_file(_config_path(args.config))
+    outcomes = asyncio.run(
+        renew_pass(
+            config,
+            device_id=config.device_id,
+            module_id=config.module_id,
+            store=FileCertStore(now=lambda: datetime.now(UTC)),
+            now=lambda: datetime.now(UTC),
+            force=args.force,
+            dry_run=args.dry_run,
+        )
+    )
+    result = {"deviceId": config.device_id, "certificates": {o.name: o.report() for o in outcomes}}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for outcome in outcomes:
+            print(f"{outcome.name:<16} {outcome.result:<12} {outcome.reason}")
+            if outcome.error is not None:
+                print(f"{'':<16} error [{outcome.error.code}]: {outcome.error.message}")
+                print(f"{'':<16} remedy: {outcome.error.remedy}")
+    return EXIT_PROBLEM if any(o.result == "failed" for o in outcomes) else EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from edgecert.diagnose import run_checks  # noqa: PLC0415 - the Azure SDKs load only for commands that use them
+
+    config = load_config_file(_config_path(args.config))
+    checks = asyncio.run(run_checks(config, device_id=config.device_id, module_id=config.module_id))
+    ok = all(c.status != "fail" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.report() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            print(f"[{c.status:^10}] {c.name}: {c.message}")
+            if c.remedy and c.status == "fail":
+                print(f"{'':<13}remedy: {c.remedy}")
+    return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def _config_path(given: Path | None) -> Path:
+    path = given or (Path(os.environ["EDGECERT_CONFIG"]) if os.environ.get("EDGECERT_CONFIG") else None)
+    if path is None:
+        raise UsageError("no config file given", remedy="pass --config FILE or set EDGECERT_CONFIG")
+    return path
 
 
 # -- emulator --------------------------------------------------------------------------------------

@@ -636,6 +636,8 @@ class VaultConfig(_Model):
     url: str
     client_id: str | None = None
     ca_file: FileRef | None = None
+    #: False only for a vault that is not under vault.azure.net (the sandbox on 127.0.0.1).
+    verify_challenge_resource: StrictBool = True
 
     @field_validator("url")
     @classmethod

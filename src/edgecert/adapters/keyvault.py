@@ -227,6 +227,12 @@ class KeyVault:
         call = Call("get the policy", "certificates", name, self.endpoint.url, role_hint)
         return await self._call(call, lambda: self._rest("GET", f"/certificates/{name}/policy", None), deadline)
 
+    async def key(self, name: str, *, deadline: datetime | None = None) -> str:
+        """The id of a key's latest version (a read that needs `keys/read`)."""
+        call = Call("get", "keys", name, self.endpoint.url)
+        found = await self._call(call, lambda: self._keys.get_key(name), deadline)
+        return str(found.id)
+
     # -- secrets and keys ------------------------------------------------------------------------
 
     async def secret(self, name: str, version: str | None = None, *, deadline: datetime | None = None) -> SecretValue:
