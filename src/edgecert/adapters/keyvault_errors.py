@@ -23,13 +23,16 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     DecodeError,
+    DeserializationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
+    SerializationError,
     ServiceRequestError,
     ServiceResponseError,
+    TooManyRedirectsError,
 )
-from azure.identity import CredentialUnavailableError
+from azure.identity import AuthenticationRequiredError, CredentialUnavailableError
 
 from edgecert.errors import (
     AccessPolicyDeniedError,
@@ -92,11 +95,17 @@ def translate(exc: BaseException, call: Call) -> IssuanceError:
     found = _from_own_types(exc, call, where)
     if found is not None:
         return found
-    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
-        return _from_status(exc, call, where)
-    if isinstance(exc, DecodeError):
+    if isinstance(exc, DecodeError | DeserializationError):  # DecodeError is an HttpResponseError: first
         return TransientError(
             f"{where}: the vault's answer could not be read ({_first_line(exc)})", vault=call.vault_url
+        )
+    if isinstance(exc, TooManyRedirectsError):
+        return VaultUnreachableError(f"{where}: redirected in a loop ({_first_line(exc)})", vault=call.vault_url)
+    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+        return _from_status(exc, call, where)
+    if isinstance(exc, SerializationError):
+        return VaultRequestError(
+            f"{where}: the request could not be encoded ({_first_line(exc)})", vault=call.vault_url
         )
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return _from_network(exc, call, where)
@@ -108,7 +117,7 @@ def translate(exc: BaseException, call: Call) -> IssuanceError:
 
 def _from_own_types(exc: BaseException, call: Call, where: str) -> IssuanceError | None:
     """Errors the SDK raises as types of their own: the credential's, 401, 404 and 409."""
-    if isinstance(exc, CredentialUnavailableError):
+    if isinstance(exc, CredentialUnavailableError | AuthenticationRequiredError):
         return IdentityError(f"{where}: no managed identity token ({_first_line(exc)})", vault=call.vault_url)
     if isinstance(exc, ClientAuthenticationError):
         if exc.response is None:  # raised by the credential, not by the vault
