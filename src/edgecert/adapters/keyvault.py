@@ -8,7 +8,8 @@ to `retry_total=0`, because it knows neither our deadline (the schedule's urgenc
 fleet-wide backoff floor, and two stacked layers would multiply the attempts a throttled vault sees.
 One tenacity loop per Key Vault request retries only errors marked `retryable` (429, 5xx, timeouts,
 dropped connections), with exponential backoff and full jitter above a floor, never sooner than a
-`Retry-After` the vault sent, bounded by attempts, by total time and by the deadline.
+`Retry-After` the vault sent (plus up to one floor of jitter, so a throttled fleet does not return in
+one instant), bounded by attempts, by total time and by the deadline.
 
 The sandbox CA (or the CA of a TLS-inspecting proxy) is trusted through `connection_verify=<caFile>`;
 verification is never turned off.
@@ -247,7 +248,11 @@ class KeyVault:
         key_id = f"{self.endpoint.url}/keys/{key_name}" + (f"/{key_version}" if key_version else "")
         client = self._crypto.get(key_id)
         if client is None:
-            client = self._crypto[key_id] = CryptographyClient(key_id, self._credential, **self._options)
+            # Read the key once through our retries and hand it to the crypto client: given only an id, the
+            # client reads it itself on first use, outside our retry loop, and ignores a 429 there.
+            read = Call("get", "keys", key_name, self.endpoint.url)
+            key = await self._call(read, lambda: self._keys.get_key(key_name, key_version), deadline)
+            client = self._crypto[key_id] = CryptographyClient(key, self._credential, **self._options)
         call = Call("sign with", "keys", key_name, self.endpoint.url)
         result = await self._call(call, lambda: client.sign(SignatureAlgorithm(algorithm), digest), deadline)
         return bytes(result.signature)
@@ -295,8 +300,10 @@ class KeyVault:
             delay = floor + self._rng.random() * max(0.0, top - floor)
             error = state.outcome.exception() if state.outcome is not None else None
             hint = getattr(error, "retry_after", None)
-            if isinstance(hint, timedelta):
-                delay = max(delay, hint.total_seconds())
+            if isinstance(hint, timedelta) and delay < hint.total_seconds():
+                # never sooner than the server asked, and spread so that every caller it throttled does not
+                # come back in the same instant
+                delay = hint.total_seconds() + self._rng.random() * floor
             # never wait past the end of the budget (the deadline): the stop condition ends it there
             remaining = budget - (time.monotonic() - started)
             return float(max(0.0, min(delay, remaining)))

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -198,13 +198,16 @@ class KeyVaultEmulator:
         scale: float | None = None,
         retry_after: bool | None = None,
         denied_consumes: bool | None = None,
+        window: float | None = None,
     ) -> None:
-        """Scale a vault's throttling budgets, switch `Retry-After` and whether denials cost quota."""
+        """Scale a vault's throttling budgets (and window), switch `Retry-After` and whether denials cost quota."""
         target = self.vault(vault)
-        if scale is not None:
-            if scale <= 0:
-                raise ValueError("scale must be more than 0")
-            target.throttle = Throttle(scale)
+        if scale is not None or window is not None:
+            new_scale = scale if scale is not None else target.throttle.scale
+            new_window = timedelta(seconds=window) if window is not None else target.throttle.window
+            if new_scale <= 0 or new_window <= timedelta(0):
+                raise ValueError("scale and window must be more than 0")
+            target.throttle = Throttle(new_scale, new_window)
         if retry_after is not None:
             target.retry_after = retry_after
         if denied_consumes is not None:
@@ -301,6 +304,7 @@ class KeyVaultEmulator:
                 scale=float(body["scale"]) if "scale" in body else None,
                 retry_after=bool(body["retryAfter"]) if "retryAfter" in body else None,
                 denied_consumes=bool(body["deniedConsumes"]) if "deniedConsumes" in body else None,
+                window=float(body["windowSeconds"]) if "windowSeconds" in body else None,
             )
         except (KeyError, ValueError) as exc:
             return json_error(400, "BadRequest", str(exc))

@@ -6,7 +6,7 @@ weighted and enforced on the sum: a class has a budget of units per 10 s and eac
 2,048-bit HSM-key GET transactions" fill the 4,000-unit budget of key transactions exactly). A
 certificate create makes a key, so it counts as a key CREATE (presumably: the table has no
 certificate row). `scale` multiplies every budget for tests; a single transaction always fits an
-empty window, so a scaled limit is never below one.
+empty window, so a scaled limit is never below one. Tests may also shorten the window.
 """
 
 from __future__ import annotations
@@ -62,15 +62,17 @@ class Budget:
 class Throttle:
     """Sliding-window budgets of one vault (thread-safe)."""
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, window: timedelta = WINDOW) -> None:
         self._lock = threading.Lock()
         self.scale = scale
+        #: The sliding window (10 s as in the service; tests may shorten it to run faster).
+        self.window = window
         self._spent: dict[str, deque[tuple[float, float]]] = {name: deque() for name in BUDGETS}
 
     def take(self, kind: str, cost: float, now: float) -> Budget:
         """Spend `cost` units of class `kind` at `now` (seconds), or refuse without spending."""
         budget = BUDGETS[kind] * self.scale
-        window = WINDOW.total_seconds()
+        window = self.window.total_seconds()
         with self._lock:
             spent = self._spent[kind]
             while spent and spent[0][0] <= now - window:
@@ -85,7 +87,7 @@ class Throttle:
                 freed += units
                 if used - freed + cost <= budget + 1e-9:
                     return Budget(allowed=False, retry_after=timedelta(seconds=max(1, math.ceil(at + window - now))))
-            return Budget(allowed=False, retry_after=WINDOW)
+            return Budget(allowed=False, retry_after=self.window)
 
     def reset(self) -> None:
         """Forget every spent unit (a new limits setting starts from an empty window)."""

@@ -285,6 +285,7 @@ def _handler(vault: Vault, context: Context, op: Operation) -> Callable[[web.Req
                 "caller": caller.get("oid"),
                 "class": op.throttle,
                 "ms": round((time.monotonic() - started) * 1000, 1),
+                "retryAfter": response.headers.get("Retry-After"),
             }
         )
         return response
