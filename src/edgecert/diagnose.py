@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
@@ -19,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from edgecert.adapters.keyvault import KeyVault
+from edgecert.adapters.keyvault import KeyVault, RequestRetry
 from edgecert.config import EdgecertConfig, ResolvedCertificate, resolve_certificates
 from edgecert.core.certinfo import ParseError, load_certificates
 from edgecert.core.der import ecdsa_raw_to_der
@@ -66,7 +67,8 @@ async def run_checks(config: EdgecertConfig, *, device_id: str, module_id: str) 
         return [_failed("configuration", exc)]
     if config.vault is None:
         return [Check("configuration", "pass", "no certificates configured: nothing to check")]
-    async with KeyVault(endpoint_of(config)) as vault:
+    # a diagnosis answers quickly: one retry for a passing failure, not the renewal's patience
+    async with KeyVault(endpoint_of(config), retry=RequestRetry(attempts=2, total=timedelta(seconds=20))) as vault:
         try:
             claims = await vault.caller()
         except EdgecertError as exc:

@@ -246,3 +246,34 @@ def test_bad_material_from_the_vault_is_refused_and_nothing_is_stored(
     assert after == before
     assert not list(tmp_path.glob("*.new"))
     assert not list((tmp_path / "keys").glob("*.new"))
+
+
+@pytest.mark.parametrize(
+    ("vault", "code"),
+    [
+        ({"caFile": None}, "kv.tls"),
+        ({"url": "https://127.0.0.1:9"}, "kv.unreachable"),
+    ],
+    ids=["the sandbox CA is not trusted (no caFile)", "nothing listens at the vault URL"],
+)
+def test_check_says_when_the_vault_cannot_be_reached_or_trusted(
+    emulator: KeyVaultEmulator,
+    identity: Principal,
+    tmp_path: Path,
+    run_cli: Callable[..., CliResult],
+    vault: dict[str, Any],
+    code: str,
+) -> None:
+    path = write_config(emulator, tmp_path, {})
+    document = json.loads(path.read_text())
+    document["vault"].update({k: v for k, v in vault.items() if v is not None})
+    for key in [k for k, v in vault.items() if v is None]:
+        document["vault"].pop(key)
+    path.write_text(json.dumps(document))
+    report = run_cli("check", "--config", str(path), "--json").json()
+    assert report["ok"] is False
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert [c["code"] for c in failed] == [code]
+    assert failed[0]["name"] == "vault"
+    assert failed[0]["remedy"]
+    del identity
