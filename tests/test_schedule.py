@@ -350,3 +350,22 @@ def test_backoff_delay(failures: int, jitter: float, retry_after: timedelta | No
 def test_windows_that_can_never_be_satisfied_are_refused(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()  # type: ignore[operator]
+
+
+def test_an_always_open_window_renews_at_the_spread_instant_not_a_day_later() -> None:
+    """Short-lived certificates with autoWindow.slots 1: the window is open, so the device goes at once."""
+    short = thresholds(ISSUED, ISSUED + timedelta(minutes=2), POLICY)
+    plan = first_attempt(short, POLICY, Windows(auto=AutoSlots(1)), device_id=DEVICE, cert_name="identity")
+    assert plan.scheduled_at == spread_instant(short, POLICY, device_id=DEVICE, cert_name="identity")
+    assert short.renew_after <= plan.scheduled_at <= short.urgent_after
+
+
+def test_without_spread_devices_wait_for_their_own_point_instead_of_meeting_at_renew_after() -> None:
+    policy = RenewalPolicy(spread=Percent(Decimal(0)))
+    issued = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # renewAfter falls in the middle of slot 9
+    th = thresholds(issued, issued + timedelta(days=90), policy)
+    plans = [
+        first_attempt(th, policy, Windows(), device_id=f"device-{n:05d}", cert_name="identity").scheduled_at
+        for n in range(2000)
+    ]
+    assert max(plans.count(at) for at in set(plans)) <= 2

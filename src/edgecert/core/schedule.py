@@ -250,8 +250,9 @@ def first_attempt(
 ) -> Schedule:
     """Plan a device's first renewal attempt for a certificate (independent of `now`).
 
-    With a daily or automatic window it is the first of the device's window points at or after its
-    spread instant; if that is past urgentAfter, the device's last window point before urgentAfter;
+    With a daily or automatic window it is the device's point in the window open at its spread
+    instant (the spread instant itself when that point has passed) or in the next occurrence; if that
+    is past urgentAfter, the device's last window point before urgentAfter;
     if the window never opens in between, the spread instant itself. So it lies in [renewAfter,
     urgentAfter]. With a suggested window that applies to the certificate it is a stable point in
     the part of that window before urgentAfter (RFC 9773 lets the server ask for an early renewal).
@@ -268,7 +269,9 @@ def first_attempt(
         point = (usable.start + usable.length * f).replace(microsecond=0)
         return Schedule(point, Interval(explicit.start, explicit.end), WindowSource.SUGGESTED)
     earliest = spread_instant(th, policy, device_id=device_id, cert_name=cert_name)
-    plan = _next_point(th, windows, device_id, earliest)
+    # a spread instant is the device's own, so a window open at it may be used at once; without spread
+    # every device shares renewAfter and must wait for its own point
+    plan = _next_point(th, windows, device_id, earliest, open_now=earliest != th.renew_after)
     if plan.window is not None:
         return plan
     # No window point between the spread instant and urgency: take the device's last one before
@@ -377,10 +380,21 @@ def _current_interval(windows: Windows, device_id: str, now: datetime) -> Interv
     return first if now in first else None
 
 
-def _next_point(th: Thresholds, windows: Windows, device_id: str, earliest: datetime) -> Schedule:
+def _next_point(
+    th: Thresholds, windows: Windows, device_id: str, earliest: datetime, *, open_now: bool = False
+) -> Schedule:
+    """The device's point in the first occurrence where it lies at or after `earliest`.
+
+    With `open_now` (a spread instant, already different for every device), an occurrence that is
+    open at `earliest` is used at once when the device's point in it has passed; from a shared instant
+    (`now` after a configuration change) the next occurrence's point is taken instead, so a fleet does
+    not act in the same second.
+    """
     periodic, source = _periodic(windows)
     for interval in occurrences(periodic, device_id, since=earliest):
         point = device_point(interval, device_id)
+        if open_now and point < earliest and earliest in interval:
+            point = earliest
         if point >= earliest:
             if point > th.urgent_after:
                 return Schedule(th.urgent_after, None, WindowSource.URGENT)
