@@ -89,6 +89,18 @@ def _build_parser() -> _Parser:
     csr.add_argument("--json", action="store_true", help="print JSON")
     csr.set_defaults(handler=_csr)
 
+    _add_fleet_commands(commands)
+
+    status = commands.add_parser("status", help="the installed certificates named by a config, and their decisions")
+    status.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
+    status.add_argument("--now", help="judge at this ISO-8601 instant instead of the current time")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def _add_fleet_commands(commands: Any) -> None:
+    """The commands that talk to Key Vault or run the agent or the emulators."""
     renew = commands.add_parser("renew", help="one renewal pass for every configured certificate, outside the loop")
     renew.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
     renew.add_argument("--force", action="store_true", help="renew every certificate, due or not")
@@ -101,6 +113,17 @@ def _build_parser() -> _Parser:
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(handler=_check)
 
+    run = commands.add_parser("run", help="the IoT Edge module: keep the configured certificates renewed")
+    run.set_defaults(handler=_run)
+
+    sandbox = commands.add_parser("sandbox", help="a whole fleet renewing against local emulators (the demo)")
+    sandbox.add_argument("--devices", type=int, default=5, help="how many devices (default 5)")
+    sandbox.add_argument(
+        "--mode", default="vault-ca", choices=["vault-ca", "vault-managed", "vault-fetch", "mixed"], help="issuance"
+    )
+    sandbox.add_argument("--json", action="store_true", help="print one JSON document")
+    sandbox.set_defaults(handler=_sandbox)
+
     emulator = commands.add_parser("emulator", help="run one sandbox emulator in the foreground (for your own tests)")
     emulator.add_argument(
         "kind", choices=["keyvault", "iothub"], help="keyvault (with identity) or iothub (with workload)"
@@ -110,13 +133,6 @@ def _build_parser() -> _Parser:
     emulator.add_argument("--state-dir", type=Path, help="folder for the CA file and TLS files (default: a temp dir)")
     emulator.add_argument("--permission-model", default="rbac", choices=["rbac", "access-policy"], help="the vault's")
     emulator.set_defaults(handler=_emulator)
-
-    status = commands.add_parser("status", help="the installed certificates named by a config, and their decisions")
-    status.add_argument("--config", type=Path, help="config file (TOML or JSON; default: $EDGECERT_CONFIG)")
-    status.add_argument("--now", help="judge at this ISO-8601 instant instead of the current time")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    status.set_defaults(handler=_status)
-    return parser
 
 
 # -- inspect ---------------------------------------------------------------------------------------
@@ -282,6 +298,21 @@ def _print_status(result: dict[str, Any]) -> None:
         print(line)
         if "error" in entry:
             print(f"  {'':<16} remedy: {entry['error']['remedy']}")
+
+
+# -- run and sandbox -------------------------------------------------------------------------------
+
+
+def _run(_args: argparse.Namespace) -> int:
+    from edgecert.module import run_module  # noqa: PLC0415 - the SDKs load only for the commands that use them
+
+    return run_module()
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from edgecert.sandbox.main import run_sandbox  # noqa: PLC0415 - the emulators load only when asked for
+
+    return run_sandbox(devices=args.devices, mode=args.mode, as_json=args.json)
 
 
 # -- renew and check -------------------------------------------------------------------------------

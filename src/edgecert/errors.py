@@ -30,7 +30,8 @@ key material or tokens. Foreign exceptions are translated at the boundary (`rais
     │   ├── TlsVerificationError       kv.tls                   the vault's TLS certificate is not trusted
     │   ├── VaultRequestError          kv.bad-request           the vault refused the request as malformed (400/409)
     │   └── IssuedMaterialError        issue.bad-material       what the vault returned is not usable
-    └── ActivationError                activation.failed        the runtime did not take the new files (F4 extends)
+    ├── ActivationError                activation.failed        the runtime did not take the new files
+    └── TwinError                      twin.unavailable         a module twin call failed or timed out
 
 `ERROR_CLASSES` lists every class by code; docs and tests walk it, so a new error cannot be left
 undocumented.
@@ -68,6 +69,7 @@ __all__ = [
     "ThrottledError",
     "TlsVerificationError",
     "TransientError",
+    "TwinError",
     "UnreadableError",
     "UsageError",
     "ValidityError",
@@ -377,3 +379,17 @@ class ActivationError(EdgecertError):
     code = "activation.failed"
     summary = "the runtime did not come back with the new certificate"
     default_remedy = "see the host helper's result file and 'iotedge system logs'"
+
+
+class TwinError(EdgecertError):
+    """A module twin call failed or timed out; `operation` says which."""
+
+    code = "twin.unavailable"
+    retryable = True
+    summary = "the module could not reach IoT Hub through edgeHub"
+    default_remedy = "check edgeHub ('iotedge logs edgeHub') and the device's connection; the agent retries"
+
+    def __init__(self, operation: str, cause: BaseException | str) -> None:
+        text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {str(cause)[:200]}"
+        super().__init__(f"{operation}: {text}")
+        self.operation = operation

@@ -6,10 +6,11 @@ Adapters implement these (`adapters/filestore.py` is the `CertStore`; `issuers/`
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
@@ -19,7 +20,19 @@ from edgecert.core.validate import Expectations
 if TYPE_CHECKING:
     from edgecert.config import ResolvedCertificate
 
-__all__ = ["CertPaths", "CertStore", "Clock", "IssueRequest", "Issued", "Issuer"]
+__all__ = [
+    "CertPaths",
+    "CertStore",
+    "Clock",
+    "DesiredPatch",
+    "IssueRequest",
+    "Issued",
+    "Issuer",
+    "MethodCall",
+    "Reconnected",
+    "TwinChannel",
+    "TwinEvent",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,4 +110,64 @@ class Issuer(Protocol):
 
     async def issue(self, request: IssueRequest) -> Issued | None:
         """A new key and chain, or None when there is nothing newer to install (vault-fetch)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DesiredPatch:
+    """A desired-properties patch (possibly the whole desired section) with its `$version`."""
+
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """A direct method request; answer it with `TwinChannel.respond`."""
+
+    request_id: str
+    name: str
+    payload: Any
+    request: Any  # the SDK's own request object, kept for the response
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """The connection came back (or a new client was made): read the twin again and report again."""
+
+
+TwinEvent = DesiredPatch | MethodCall | Reconnected
+
+
+class TwinChannel(Protocol):
+    """The agent's channel to its module twin."""
+
+    events: asyncio.Queue[TwinEvent]
+
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        """Connect, retrying until connected or `stop` is set."""
+        ...
+
+    async def restart(self) -> None:
+        """Make a new client (stale trust bundle, refused credentials)."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect."""
+        ...
+
+    async def desired(self) -> dict[str, Any]:
+        """The whole desired section."""
+        ...
+
+    async def report(self, patch: dict[str, Any]) -> None:
+        """Patch the reported properties."""
+        ...
+
+    async def respond(self, call: MethodCall, status: int, payload: Any) -> None:
+        """Answer a direct method."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected now."""
         ...

@@ -122,8 +122,11 @@ class KeyVault:
         retry: RequestRetry | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_request: Callable[[str, str], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        #: Called after every request with the operation and "ok" or the error code (metrics).
+        self.on_request = on_request
         self.retry = retry or RequestRetry()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._sleep = sleep
@@ -284,12 +287,17 @@ class KeyVault:
         self._recent.append(now)
         self.sent[call.operation] = self.sent.get(call.operation, 0) + 1
         try:
-            return await asyncio.wait_for(request(), self.retry.timeout.total_seconds())
+            result = await asyncio.wait_for(request(), self.retry.timeout.total_seconds())
         except Exception as exc:
             error = translate(exc, _with_rate(call, len(self._recent)))
             if error.code == "issue.throttled":
                 self.throttled += 1
+            if self.on_request is not None:
+                self.on_request(f"{call.kind}.{call.operation}", error.code)
             raise error from exc
+        if self.on_request is not None:
+            self.on_request(f"{call.kind}.{call.operation}", "ok")
+        return result
 
     def _wait(self, started: float, budget: float) -> Callable[[RetryCallState], float]:
         floor, ceiling = self.retry.floor.total_seconds(), self.retry.ceiling.total_seconds()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -19,7 +18,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-__all__ = ["LoopThread", "admin_auth", "json_error", "listen", "server_tls"]
+from edgecert.serving import SSL_SHUTDOWN_TIMEOUT, listen
+
+__all__ = ["SSL_SHUTDOWN_TIMEOUT", "LoopThread", "admin_auth", "json_error", "listen", "server_tls"]
 
 _T = TypeVar("_T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,48 +67,6 @@ def server_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
     return context
-
-
-async def listen(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
-    """Serve `app` on host:port (0 picks a free port); return the runner and the real port."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-
-    async def close_listener(_app: web.Application) -> None:
-        sock.close()  # the site stops listening, but the socket given to it stays ours to close
-
-    app.on_cleanup.append(close_listener)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = _QuickTlsShutdownSite(runner, sock, ssl_context=tls)
-    await site.start()
-    return runner, int(sock.getsockname()[1])
-
-
-#: How long a closing TLS connection waits for the peer's close_notify before it is aborted.
-SSL_SHUTDOWN_TIMEOUT = 0.1
-
-
-class _QuickTlsShutdownSite(web.SockSite):
-    """A SockSite whose TLS connections give up waiting for close_notify quickly.
-
-    An idle client (a connection pool) never answers close_notify; asyncio then waits 30 s by default
-    before it closes the socket, longer than an emulator stop waits, and the socket leaks.
-    """
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        server = self._runner.server
-        if server is None:  # pragma: no cover - setup() ran in listen()
-            raise RuntimeError("the runner is not set up")
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            sock=self._sock,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_shutdown_timeout=SSL_SHUTDOWN_TIMEOUT if self._ssl_context is not None else None,
-        )
 
 
 def admin_auth(token: str) -> Middleware:

@@ -97,6 +97,8 @@ class VaultSettings:
     non_exportable_secret: str = "chain"  # noqa: S105 - a mode name, not a password
     #: Lifetime of issued certificates in seconds instead of validity_months (sandbox demos renew fast).
     lifetime_seconds: int | None = None
+    #: How far notBefore is set back from the issuing instant (the real service: 10 minutes).
+    backdate_seconds: int = 600
 
 
 @dataclass
@@ -769,7 +771,7 @@ def _issue(
     settings: VaultSettings,
 ) -> x509.Certificate:
     props = policy.get("x509_props") or {}
-    start = now.replace(microsecond=0) - timedelta(minutes=10)  # the service backdates, as most CAs do
+    start = now.replace(microsecond=0) - timedelta(seconds=settings.backdate_seconds)  # as the service does
     if settings.lifetime_seconds is not None:
         end = now.replace(microsecond=0) + timedelta(seconds=settings.lifetime_seconds)
     else:
