@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,8 +121,20 @@ class Sandbox:
         self.vault.assign_role("fleet", group.object_id, "Key Vault Crypto User", f"/keys/{FLEET_CA}")
         self.vault.assign_role("fleet", group.object_id, "Key Vault Certificate User", f"/certificates/{FLEET_CA}")
 
-    def add_device(self, device_id: str, mode: str, *, renewal: dict[str, Any] | None = None) -> SandboxDevice:
-        """A device with its identity, roles, first certificate and desired properties."""
+    def add_device(
+        self,
+        device_id: str,
+        mode: str,
+        *,
+        renewal: dict[str, Any] | None = None,
+        first: tuple[timedelta, timedelta] | None = None,
+        validity_days: int = 1,
+    ) -> SandboxDevice:
+        """A device with its identity, roles, first certificate and desired properties.
+
+        `first` (vault-ca): the first certificate's age and lifetime (default: 45 % of the sandbox's
+        short lifetime, so it is due within seconds); `validity_days` (vault-ca): of the renewed one.
+        """
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         principal = self.vault.add_principal(device_id)
@@ -134,8 +147,9 @@ class Sandbox:
         if mode == "vault-ca":
             assert self._fleet_group is not None  # noqa: S101 - made in start()
             self.vault.directory.groups[self._fleet_group].members.add(principal.object_id)
-            certificate.update(issuerCertificateName=FLEET_CA, issuerKeyName=FLEET_CA, validityDays=1)
-            bundle = self._first_certificate(device_id)
+            certificate.update(issuerCertificateName=FLEET_CA, issuerKeyName=FLEET_CA, validityDays=validity_days)
+            age, lifetime = first or (self.lifetime * 0.45, self.lifetime)
+            bundle = self._first_certificate(device_id, age=age, lifetime=lifetime)
         else:
             objects = self.vault.vault("fleet").objects
             policy = {
@@ -180,7 +194,14 @@ class Sandbox:
         self.devices.append(device)
         return device
 
-    def agent(self, device: SandboxDevice, *, retry_interval: timedelta = timedelta(seconds=2)) -> Agent:
+    def agent(
+        self,
+        device: SandboxDevice,
+        *,
+        retry_interval: timedelta = timedelta(seconds=2),
+        now: Callable[[], datetime] | None = None,
+        metrics_port: int | None = None,
+    ) -> Agent:
         """A real agent for a device, on a real module client through the hub emulator."""
         twin = ModuleTwin(
             TwinConnection(
@@ -195,9 +216,12 @@ class Sandbox:
             module_id=MODULE,
             state_file=device.state_file,
             request_dir=device.request_dir,
-            metrics_port=None,
+            metrics_host="127.0.0.1",
+            metrics_port=metrics_port,
         )
-        return Agent(settings, twin, metrics=device.metrics)
+        if now is None:
+            return Agent(settings, twin, metrics=device.metrics)
+        return Agent(settings, twin, metrics=device.metrics, now=now)
 
     async def auto_renew(self, stop: asyncio.Event) -> None:
         """Key Vault's AutoRenew for vault-fetch objects: a new version once 40 % of the lifetime has passed."""
@@ -219,12 +243,12 @@ class Sandbox:
         reported: dict[str, Any] = self.hub.twin(device.device_id, MODULE)["reported"]
         return reported
 
-    def _first_certificate(self, device_id: str) -> KeyAndChain:
-        """A short-lived first certificate from the fleet CA, issued long enough ago to be due soon."""
+    def _first_certificate(self, device_id: str, *, age: timedelta, lifetime: timedelta) -> KeyAndChain:
+        """A first certificate from the fleet CA, issued `age` ago."""
         assert self._issuing is not None  # noqa: S101 - made in start()
         issuing, issuing_key = self._issuing
         key = generate_key("ec-p256")
-        start = datetime.now(UTC).replace(microsecond=0) - self.lifetime * 0.45
+        start = datetime.now(UTC).replace(microsecond=0) - age
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
@@ -232,7 +256,7 @@ class Sandbox:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + self.lifetime)
+            .not_valid_after(start + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(issuing_key, signature_hash(issuing_key))
