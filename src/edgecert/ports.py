@@ -24,6 +24,7 @@ __all__ = [
     "CertPaths",
     "CertStore",
     "Clock",
+    "ConnectionLost",
     "DesiredPatch",
     "IssueRequest",
     "Issued",
@@ -135,7 +136,14 @@ class Reconnected:
     """The connection came back (or a new client was made): read the twin again and report again."""
 
 
-TwinEvent = DesiredPatch | MethodCall | Reconnected
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The SDK gave up reconnecting (refused credentials, unreachable proxy, TLS): make a new client."""
+
+    reason: str
+
+
+TwinEvent = DesiredPatch | MethodCall | Reconnected | ConnectionLost
 
 
 class TwinChannel(Protocol):

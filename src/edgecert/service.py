@@ -52,7 +52,16 @@ from edgecert.core.schedule import Interval, NextAttempt, backoff_delay, first_a
 from edgecert.core.timefmt import iso
 from edgecert.errors import ActivationError, ConfigError, EdgecertError, IssuanceError, StoreError
 from edgecert.metrics import Metrics
-from edgecert.ports import DesiredPatch, Issuer, IssueRequest, MethodCall, Reconnected, TwinChannel, TwinEvent
+from edgecert.ports import (
+    ConnectionLost,
+    DesiredPatch,
+    Issuer,
+    IssueRequest,
+    MethodCall,
+    Reconnected,
+    TwinChannel,
+    TwinEvent,
+)
 from edgecert.renewal import endpoint_of, expectations, issuer_for
 from edgecert.serving import listen
 
@@ -268,13 +277,15 @@ class Agent:
                 "desired properties rejected (%d problems); the last good configuration stays", len(exc.problems)
             )
             return
+        changed = config != self.config
         self.status.config = {"status": "applied", "desiredVersion": version, "errors": []}
         self.status.idle = config.idle_reason
         self._use(config, resolved)
         if persist:
             self.state.desired, self.state.desired_version = document, version
             self.state_file.save(self.state)
-        logger.info("configuration applied (desired version %s, %d certificates)", version, len(resolved))
+        if changed:
+            logger.info("configuration applied (desired version %s, %d certificates)", version, len(resolved))
 
     def _use(self, config: EdgecertConfig | None, resolved: list[ResolvedCertificate] | None = None) -> None:
         self.config = config
@@ -529,6 +540,9 @@ class Agent:
             self._on_desired(event.patch, full=False)
         elif isinstance(event, Reconnected):
             await self._refresh_from_twin()
+        elif isinstance(event, ConnectionLost):
+            logger.warning("the module client stopped reconnecting (%s): making a new one", event.reason)
+            await self.twin.restart()
         elif isinstance(event, MethodCall):
             status, payload = await self._method(event)
             try:

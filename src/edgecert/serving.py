@@ -21,7 +21,8 @@ async def listen(app: web.Application, host: str, port: int, tls: ssl.SSLContext
         sock.close()  # the site stops listening, but the socket given to it stays ours to close
 
     app.on_cleanup.append(close_listener)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # in-flight requests get 2 s at shutdown (an emulator stopping mid-request must not hang the caller)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = _QuickTlsShutdownSite(runner, sock, ssl_context=tls)
     await site.start()

@@ -246,7 +246,9 @@ def test_metrics_expose_the_certificate(sandbox: Sandbox, running: Callable[...,
 
 # paho-mqtt 1.6.1 (the SDK's transport) leaks its wake-up socket pair on every reconnect (client.py:1795)
 @pytest.mark.filterwarnings(r"ignore:unclosed <socket\.socket .*laddr=\('127\.0\.0\.1':ResourceWarning")
-def test_the_agent_survives_a_dropped_hub_connection(sandbox: Sandbox, running: Callable[..., Running]) -> None:
+def test_the_agent_survives_a_dropped_connection_and_a_hub_restart(
+    sandbox: Sandbox, running: Callable[..., Running]
+) -> None:
     device = sandbox.add_device("dropped", "vault-ca", first=(timedelta(days=1), timedelta(days=30)))
     agent = running(device, retry_interval=timedelta(seconds=1))
     agent.wait(lambda r: identity_of(r).get("state") == "valid", what="the first report")
@@ -256,6 +258,15 @@ def test_the_agent_survives_a_dropped_hub_connection(sandbox: Sandbox, running: 
     assert reported["config"]["status"] == "applied"
     sandbox.hub.patch_desired(device.device_id, MODULE, {"renewal": {"paused": False}})
     agent.wait(lambda r: r["config"].get("idle") is None, what="the next patch after the reconnect")
+    # the hub restarts: every connection cut, nobody let in for 3 s; the twin changes meanwhile
+    reported_before = sandbox.hub.twin(device.device_id, MODULE)["reported"]["$version"]
+    sandbox.hub.restart(outage=3.0)
+    sandbox.hub.patch_desired(device.device_id, MODULE, {"renewal": {"spread": "5%"}})
+    reported = agent.wait(
+        lambda r: r["config"]["desiredVersion"] == sandbox.hub.twin(device.device_id, MODULE)["desired"]["$version"],
+        what="the twin re-read after the hub restarted",
+    )
+    assert reported["$version"] > reported_before  # and it reported again
 
 
 def test_no_secret_reaches_logs_or_the_twin(sandbox: Sandbox) -> None:

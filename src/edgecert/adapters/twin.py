@@ -7,9 +7,10 @@ Only this module imports `azure.iot.device`. What the SDK does and the field has
   changes are handed to the agent's loop with `call_soon_threadsafe` onto an asyncio queue;
 - the handler setters block until SUBACK: they are set from a worker thread, not the agent's loop;
 - twin calls have no timeout of their own: every call here runs under one;
-- CONNACK refused (bad credentials) is never retried by the SDK, and a stale trust bundle after an
-  Edge CA renewal makes it retry TLS forever: on either the client is shut down and made anew (a
-  new client fetches the trust bundle again), with backoff;
+- CONNACK refused (bad credentials) and an unreachable proxy are never retried by the SDK, and a
+  stale trust bundle after an Edge CA renewal makes it retry TLS forever: the adapter reports
+  `ConnectionLost` and the agent makes a new client (which fetches the trust bundle again), with
+  backoff;
 - after a reconnect the SDK may deliver the whole desired section as a "patch": the agent treats
   every desired event as possibly complete, and re-reads the twin on `Reconnected`.
 """
@@ -30,11 +31,17 @@ from azure.iot.device.aio import IoTHubModuleClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 
 from edgecert.errors import TwinError
-from edgecert.ports import DesiredPatch, MethodCall, Reconnected, TwinEvent
+from edgecert.ports import ConnectionLost, DesiredPatch, MethodCall, Reconnected, TwinEvent
 
 __all__ = ["ModuleTwin", "TwinConnection"]
 
 logger = logging.getLogger("edgecert.twin")
+
+#: Background errors after which azure-iot-device 2.14 stops reconnecting on its own (its retry list
+#: holds only transient connection errors, reference §2.6; a refused proxy was seen here too).
+_NOT_RETRIED_BY_THE_SDK = frozenset(
+    {"ProtocolProxyError", "UnauthorizedError", "CredentialError", "ProtocolClientError", "TlsExchangeAuthError"}
+)
 
 
 @dataclass(frozen=True)
@@ -192,4 +199,7 @@ class ModuleTwin:
             self._post(Reconnected())
 
     def _background(self, exc: Exception) -> None:
-        logger.warning("module client background error: %s", type(exc).__name__)
+        kind = type(exc).__name__
+        logger.warning("module client background error: %s", kind)
+        if kind in _NOT_RETRIED_BY_THE_SDK:
+            self._post(ConnectionLost(kind))

@@ -188,6 +188,7 @@ class Sandbox:
             "activation": {"mode": "restart-request", "verifyTimeout": "1m"},
         }  # fmt: skip
         self.hub.patch_desired(device_id, MODULE, desired)
+        (folder / "requests").mkdir(parents=True, exist_ok=True)  # the folder the host mounts into the module
         helper = HostHelper(device_id, folder / "requests", self.hub.hostname, self.hub.ca_pem, self.hub.proxy_port)
         device = SandboxDevice(device_id, mode, principal, credentials, folder, paths,
                                certificate_facts(bundle.leaf).thumbprint_sha256, desired, helper)  # fmt: skip

@@ -163,6 +163,29 @@ class IotHubEmulator:
         self._runners.append(runner)
         self._admin_url = f"https://127.0.0.1:{port}"
 
+    def restart(self, outage: float = 1.0) -> None:
+        """A hub restart: every connection is cut, nobody can connect for `outage` seconds, state is kept.
+
+        Identities, twins and the sessions of clean_session=False clients survive, as they do in IoT Hub.
+        """
+        thread, hub = self._started()
+        thread.run(self._restart(hub, outage), timeout=outage + 30)
+
+    async def _restart(self, hub: IotHub, outage: float) -> None:
+        listeners = self._servers[: 2 if self._proxy else 1]
+        for server in listeners:
+            server.close()
+            await server.wait_closed()
+        await hub.broker.close()
+        await asyncio.sleep(outage)
+        port = self._mqtt_address[1] if self._mqtt_address else self._mqtt_port
+        mqtt = await asyncio.start_server(hub.broker.accept_tls, self._mqtt_host, port)
+        restarted = [mqtt]
+        if self._proxy and self._proxy_url:
+            port = int(self._proxy_url.rsplit(":", 1)[1])
+            restarted.append(await asyncio.start_server(hub.broker.accept_proxy, "127.0.0.1", port))
+        self._servers[: len(restarted)] = restarted
+
     async def _stop_servers(self) -> None:
         for server in self._servers:
             server.close()
