@@ -18,6 +18,7 @@ from edgecert.core.validate import Expectations
 from edgecert.errors import (
     ChainError,
     KeyMismatchError,
+    OwnershipError,
     RecoveryError,
     ShapeError,
     StoreError,
@@ -351,3 +352,59 @@ def test_a_full_disk_is_a_retryable_store_error_and_changes_nothing(
     assert caught.value.retryable
     assert which(store().load(paths), pairs) == "a"
     assert leftovers(paths) == []
+
+
+# -- owners: aziot-keyd must still be able to read a renewed key ----------------------------------
+
+AZIOTKS = (4242, 4243)  # stands in for the aziotks user and group
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs CAP_CHOWN")
+def test_swap_gives_new_files_the_owner_of_the_files_they_replace(
+    tmp_path: Path, ca: Issued, pairs: dict[str, Issued]
+) -> None:
+    paths = paths_in(tmp_path)
+    store().install(paths, bundle(pairs["a"], ca), expect(ca))
+    os.chown(paths.key, *AZIOTKS)
+    os.chown(paths.cert, 4244, 4245)
+    store().install(paths, bundle(pairs["b"], ca), expect(ca))
+    assert which(store().load(paths), pairs) == "b"
+    assert (paths.key.stat().st_uid, paths.key.stat().st_gid) == AZIOTKS
+    assert (paths.cert.stat().st_uid, paths.cert.stat().st_gid) == (4244, 4245)
+    assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
+
+
+class NoChownOps(FileOps):
+    """Refuses every chown, as for a module running as a uid without CAP_CHOWN."""
+
+    def chown(self, fd: int, owner: tuple[int, int]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+
+def test_a_key_that_would_lose_its_owner_is_refused_and_nothing_changes(
+    tmp_path: Path, ca: Issued, pairs: dict[str, Issued]
+) -> None:
+    paths = paths_in(tmp_path)
+    store().install(paths, bundle(pairs["a"], ca), expect(ca))
+    if os.geteuid() == 0:
+        os.chown(paths.key, *AZIOTKS)
+    else:  # pragma: no cover - CI runs as root; without it the owner is the same and nothing is refused
+        pytest.skip("needs a key owned by another uid")
+    with pytest.raises(OwnershipError, match=r"owner 4242:4243 .* could no longer open it") as caught:
+        store(NoChownOps()).install(paths, bundle(pairs["b"], ca), expect(ca))
+    assert not caught.value.retryable
+    assert "createOptions" in caught.value.remedy
+    assert which(store().load(paths), pairs) == "a"
+    assert leftovers(paths) == []
+
+
+def test_without_chown_a_same_owner_or_world_readable_file_is_still_renewed(
+    tmp_path: Path, ca: Issued, pairs: dict[str, Issued]
+) -> None:
+    paths = paths_in(tmp_path)
+    store().install(paths, bundle(pairs["a"], ca), expect(ca))
+    if os.geteuid() == 0:
+        os.chown(paths.cert, *AZIOTKS)  # a 0644 certificate stays readable by its former owner
+    store(NoChownOps()).install(paths, bundle(pairs["b"], ca), expect(ca))
+    assert which(store().load(paths), pairs) == "b"
+    assert paths.key.stat().st_uid == os.geteuid()

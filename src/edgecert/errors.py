@@ -14,7 +14,8 @@ key material or tokens. Foreign exceptions are translated at the boundary (`rais
     │   ├── ValidityError              cert.not-valid-now       not yet valid, or expired
     │   └── ShapeError                 cert.shape-mismatch      subject, SANs, key type or CA flag wrong
     ├── StoreError                     store.io                 certificate files could not be written
-    │   └── RecoveryError              store.recovery           an interrupted swap could not be repaired
+    │   ├── RecoveryError              store.recovery           an interrupted swap could not be repaired
+    │   └── OwnershipError             store.ownership          a renewed file could not keep its owner
     ├── KeyGenerationError             crypto.keygen            a key or CSR could not be made
     ├── IssuanceError                  issue.failed             Key Vault issuance failed
     │   ├── TransientError             issue.transient          a retryable failure (timeouts, 5xx, dropped)
@@ -231,6 +232,18 @@ class RecoveryError(StoreError):
     retryable = False
     summary = "an interrupted certificate swap could not be repaired automatically"
     default_remedy = "restore the '.previous' files by hand (cert and key together) and restart the module"
+
+
+class OwnershipError(StoreError):
+    """A new file could not be given the owner of the file it replaces, so its reader would lose access."""
+
+    code = "store.ownership"
+    retryable = False
+    summary = "a renewed file could not keep the owner of the file it replaces (e.g. aziotks for a key)"
+    default_remedy = (
+        "run the module as root with only CHOWN, DAC_OVERRIDE and FOWNER kept, as deployment.template.json does "
+        "(createOptions User 0:0 and HostConfig.CapDrop), or as the uid that owns the certificate files"
+    )
 
 
 class KeyGenerationError(EdgecertError):

@@ -49,6 +49,7 @@ from edgecert.errors import (
     CertificateError,
     ChainError,
     KeyMismatchError,
+    OwnershipError,
     RecoveryError,
     ShapeError,
     StoreError,
@@ -93,7 +94,7 @@ class FileOps:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed a certificate's 0644
             if owner is not None:
-                _try_fchown(fd, owner)
+                self._give_owner(fd, path, mode, owner)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -102,6 +103,24 @@ class FileOps:
             self.checkpoint("fsync", path)
         finally:
             os.close(fd)
+
+    def chown(self, fd: int, owner: tuple[int, int]) -> None:
+        """Give the open file `fd` the owner `(uid, gid)`; raises PermissionError without CAP_CHOWN."""
+        os.fchown(fd, *owner)
+
+    def _give_owner(self, fd: int, path: Path, mode: int, owner: tuple[int, int]) -> None:
+        """Keep the replaced file's owner; refuse when its owner could no longer read the new file."""
+        try:
+            self.chown(fd, owner)
+        except PermissionError:
+            info = os.fstat(fd)
+            if (info.st_uid, info.st_gid) == owner or mode & stat.S_IROTH:
+                return  # same owner anyway, or readable by everyone (a certificate's 0644)
+            raise OwnershipError(
+                f"cannot give {path} the owner {owner[0]}:{owner[1]} of the file it replaces "
+                f"(edgecert runs as uid {os.geteuid()} without CAP_CHOWN); with mode {mode:04o} "
+                "its reader, e.g. aziot-keyd, could no longer open it, so nothing was changed"
+            ) from None
 
     def read(self, path: Path) -> bytes:
         """Read a whole file."""
@@ -236,7 +255,7 @@ class FileCertStore:
             self._fs.create(tmp, json.dumps(journal).encode(), KEY_MODE, None)
             self._fs.replace(tmp, paths.journal)
             self._fs.fsync_dir(paths.journal.parent)
-        except CertificateError:
+        except (CertificateError, OwnershipError):
             self._discard(_new(live) for live in live_files.values())
             raise
         except OSError as exc:
@@ -451,8 +470,3 @@ def _previous(live: Path) -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _try_fchown(fd: int, owner: tuple[int, int]) -> None:
-    with contextlib.suppress(PermissionError):
-        os.fchown(fd, *owner)
