@@ -84,7 +84,7 @@ class AgentSettings:
     module_id: str
     state_file: Path
     request_dir: Path
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - inside the module's container; the port is published by createOptions
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - inside the container, reached over the IoT Edge module network
     metrics_port: int | None = 9600
     #: Trust this CA file for the vault in addition to the configuration's (sandbox, private endpoints).
     vault_ca_file: Path | None = None
