@@ -22,7 +22,9 @@ def name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_ca(common_name: str, *, not_before: datetime, days: int = 3650, key_type: str = "ec-p256") -> Issued:
+def make_ca(
+    common_name: str, *, not_before: datetime, days: int = 3650, key_type: str = "ec-p256", path_length: int = 1
+) -> Issued:
     key = generate_key(key_type)
     cert = (
         x509.CertificateBuilder()
@@ -32,7 +34,7 @@ def make_ca(common_name: str, *, not_before: datetime, days: int = 3650, key_typ
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_before + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .sign(key, signature_hash(key))
     )
     return Issued(cert, key)

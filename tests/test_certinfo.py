@@ -100,6 +100,7 @@ def make_cert(
     path_length: int | None = None,
     sans: Sequence[x509.GeneralName] = (),
     ekus: Sequence[ObjectIdentifier] = (),
+    key_usage: x509.KeyUsage | None = None,
     serial: int = 0x1000,
 ) -> x509.Certificate:
     """A certificate for `subject_key`, signed by `issuer` (cert, key) or self-signed; `ca=None` omits basicConstraints.
@@ -124,6 +125,8 @@ def make_cert(
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     if ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
     # deterministic ECDSA (RFC 6979): the same inputs give the same certificate, so cases can rebuild what they expect
     deterministic = True if isinstance(signing_key, ec.EllipticCurvePrivateKey) else None
     return builder.sign(signing_key, hashes.SHA256(), ecdsa_deterministic=deterministic)
@@ -871,6 +874,38 @@ def _expired_root(p: Pki) -> x509.Certificate:
     return make_cert("Old Root", p.root_key, ca=True, not_before=NOW - 10 * DAY, not_after=NOW - DAY)
 
 
+def _usage(*, key_cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=key_cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _edge_ca_under(p: Pki, issuer: x509.Certificate, issuer_key: PrivateKey) -> x509.Certificate:
+    return make_cert("Edge CA", p.leaf_key, issuer=(issuer, issuer_key), ca=True, path_length=0, serial=0x3003)
+
+
+def _under_usage(p: Pki, *, key_cert_sign: bool) -> ChainInput:
+    leaf, issuer = p.ca_issued("Edgecert Usage", ca=True, key_usage=_usage(key_cert_sign=key_cert_sign))
+    return leaf, [issuer], [p.root]
+
+
+def _under_tight_root(p: Pki) -> ChainInput:
+    # a root with pathlen 0 over an intermediate: no CA may sit between them and the leaf
+    root = make_cert("Tight Root", p.root_key, ca=True, path_length=0, serial=0x3001)
+    intermediate = make_cert(
+        "Tight Intermediate", p.intermediate_key, issuer=(root, p.root_key), ca=True, serial=0x3002
+    )
+    return make_cert("device-2", p.leaf_key, issuer=(intermediate, p.intermediate_key)), [intermediate], [root]
+
+
 def _forged_leaf(p: Pki) -> ChainInput:
     forged = make_cert(p.leaf.subject, p.leaf_key, issuer=(p.intermediate, key("ec-p384", 9)), serial=0x6666)
     assert forged.issuer == p.intermediate.subject
@@ -975,6 +1010,36 @@ CHAINS: dict[str, tuple[Callable[[Pki], ChainInput], bool, Callable[[Pki], tuple
         False,
         lambda p: (p.leaf, _forged_intermediate(p)[1][0]),
         "no issuer for 'CN=Edgecert Test Intermediate'",
+    ),
+    "intermediate whose keyUsage lacks keyCertSign": (
+        lambda p: _under_usage(p, key_cert_sign=False),
+        False,
+        lambda p: (_under_usage(p, key_cert_sign=False)[0],),
+        "'CN=Edgecert Usage' may not sign certificates (keyUsage without keyCertSign)",
+    ),
+    "intermediate whose keyUsage has keyCertSign": (
+        lambda p: _under_usage(p, key_cert_sign=True),
+        True,
+        lambda p: (_under_usage(p, key_cert_sign=True)[0], *_under_usage(p, key_cert_sign=True)[1], p.root),
+        "trust anchor",
+    ),
+    "root pathlen 0 over an intermediate": (
+        _under_tight_root,
+        False,
+        lambda p: (_under_tight_root(p)[0], _under_tight_root(p)[1][0]),
+        "'CN=Tight Root' allows 0 CA certificate(s) below it (pathLenConstraint) and the chain puts 1 there",
+    ),
+    "Edge CA under an intermediate with pathlen 0": (
+        lambda p: (_edge_ca_under(p, p.intermediate, p.intermediate_key), [p.intermediate], [p.root]),
+        False,
+        lambda p: (_edge_ca_under(p, p.intermediate, p.intermediate_key),),
+        "'CN=Edgecert Test Intermediate' allows 0 CA certificate(s) below it",
+    ),
+    "Edge CA directly under a root with pathlen 1": (
+        lambda p: (_edge_ca_under(p, p.root, p.root_key), [], [p.root]),
+        True,
+        lambda p: (_edge_ca_under(p, p.root, p.root_key), p.root),
+        "trust anchor",
     ),
     "self-signed leaf that is not an anchor": (
         lambda p: (make_cert("lonely", p.leaf_key, ca=False), [], [p.root]),
@@ -1109,9 +1174,10 @@ BUNDLES: dict[str, tuple[Callable[[Pki], KeyAndChain], Callable[[Pki], Expectati
         "key type is ec-p256, expected rsa-2048",
     ),
     "a CA certificate where a device certificate belongs": (
+        # the intermediate (pathlen 0) has no room for a CA below it either
         lambda p: _with_leaf(p, p.leaf_issued(ca=True)),
         _expect,
-        ["shape"],
+        ["chain", "shape"],
         "CA:FALSE",
     ),
     "a device certificate where a CA belongs": (
@@ -1134,4 +1200,4 @@ def test_check_bundle(
     problems = check_bundle(make(pki), expect(pki), now=NOW)
     assert [p.kind for p in problems] == kinds, problems
     if problems:
-        assert says in problems[0].message
+        assert any(says in problem.message for problem in problems), problems

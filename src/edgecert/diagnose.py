@@ -30,6 +30,7 @@ from edgecert.errors import (
     ObjectNotFoundError,
     RbacDeniedError,
 )
+from edgecert.issuers.ca import check_issuer
 from edgecert.issuers.managed import ROLE_HINT
 from edgecert.renewal import endpoint_of
 
@@ -158,6 +159,12 @@ async def _vault_ca(vault: KeyVault, cert: ResolvedCertificate, prefix: str) -> 
                                 ca.subject.rfc4514_string()))  # fmt: skip
         except EdgecertError as exc:
             checks.append(_failed(f"{prefix}: read CA certificate '{cert.issuer_certificate}'", exc))
+    if ca is not None:
+        try:
+            check_issuer(ca, cert)
+            checks.append(Check(f"{prefix}: CA may issue role {cert.role}", "pass", "a CA with room below it"))
+        except EdgecertError as exc:
+            checks.append(_failed(f"{prefix}: CA may issue role {cert.role}", exc))
     name = f"{prefix}: sign with CA key '{cert.issuer_key}'"
     try:
         await vault.key(cert.issuer_key or "")

@@ -17,9 +17,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgecert.adapters.keyvault import KeyVault, VaultEndpoint
 from edgecert.config import ResolvedCertificate, parse_desired, resolve_certificates
-from edgecert.core.certinfo import key_matches_certificate
+from edgecert.core.certinfo import build_chain, key_matches_certificate
 from edgecert.crypto import generate_key, signature_hash
-from edgecert.errors import IssuedMaterialError, RbacDeniedError
+from edgecert.errors import IssuanceError, IssuedMaterialError, RbacDeniedError
 from edgecert.issuers.ca import VaultCaIssuer
 from edgecert.issuers.fetch import VaultFetchIssuer
 from edgecert.issuers.managed import VaultManagedIssuer
@@ -213,15 +213,19 @@ CA_KINDS = {
 }
 
 
-def provision_ca(emulator: KeyVaultEmulator, object_name: str, key_type: str) -> tuple[PkiIssued, PkiIssued]:
+def provision_ca(
+    emulator: KeyVaultEmulator, object_name: str, key_type: str, *, path_length: int = 0
+) -> tuple[PkiIssued, PkiIssued]:
     """A root kept offline and an issuing CA imported into Key Vault with a non-exportable key."""
-    root = make_ca(f"{object_name} root", not_before=NOW - timedelta(days=30), key_type=key_type)
+    root = make_ca(
+        f"{object_name} root", not_before=NOW - timedelta(days=30), key_type=key_type, path_length=path_length + 1
+    )
     issuing_key = generate_key(key_type)
     issuing = x509.CertificateBuilder(
         subject_name=name(f"{object_name} issuing CA"), issuer_name=root.cert.subject,
         public_key=issuing_key.public_key(), serial_number=x509.random_serial_number(),
         not_valid_before=NOW - timedelta(days=1), not_valid_after=NOW + timedelta(days=365),
-    ).add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
+    ).add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True).add_extension(
         x509.SubjectKeyIdentifier.from_public_key(issuing_key.public_key()), critical=False
     ).add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), critical=False
@@ -286,7 +290,8 @@ def test_vault_ca_leaves_pass_openssl_verify_and_the_profile(
 def test_vault_ca_edge_ca_role_is_a_ca_limited_to_one_level(
     emulator: KeyVaultEmulator, identity: Principal, tmp_path: Path
 ) -> None:
-    root, issuing = provision_ca(emulator, "edge-ca-issuer", "ec-p256")
+    # an Edge CA issues modules' certificates, so the CA that signs it needs pathlen 1 (see the next test)
+    root, issuing = provision_ca(emulator, "edge-ca-issuer", "ec-p256", path_length=1)
     assign(emulator, identity, *((role, scope.format(n="edge-ca-issuer")) for role, scope in CA_ROLES))
     cert = resolved({"mode": "vault-ca", "role": "edge-ca", "issuerCertificateName": "edge-ca-issuer",
                      "issuerKeyName": "edge-ca-issuer"}, "edgeca")  # fmt: skip
@@ -296,7 +301,33 @@ def test_vault_ca_edge_ca_role_is_a_ca_limited_to_one_level(
     usage = issued.bundle.leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign
     assert issued.bundle.leaf.not_valid_after_utc <= issuing.cert.not_valid_after_utc
-    del root, tmp_path
+    assert build_chain(issued.bundle.leaf, issued.bundle.chain[1:], [root.cert], now=datetime.now(UTC)).ok
+    del tmp_path
+
+
+def test_vault_ca_refuses_an_edge_ca_under_a_ca_with_pathlen_0_before_signing(
+    emulator: KeyVaultEmulator, identity: Principal
+) -> None:
+    provision_ca(emulator, "tight-ca", "ec-p256", path_length=0)
+    assign(emulator, identity, *((role, scope.format(n="tight-ca")) for role, scope in CA_ROLES))
+    cert = resolved({"mode": "vault-ca", "role": "edge-ca", "issuerCertificateName": "tight-ca",
+                     "issuerKeyName": "tight-ca"}, "edgeca")  # fmt: skip
+    sent_by_vault: list[KeyVault] = []
+
+    def make(vault: KeyVault) -> VaultCaIssuer:
+        sent_by_vault.append(vault)
+        return VaultCaIssuer(vault)
+
+    with pytest.raises(IssuanceError, match="pathLenConstraint 0") as caught:
+        issue(emulator, make, IssueRequest(cert, DEVICE))
+    sent = dict(sent_by_vault[0].sent)
+    assert "sign with" not in sent, sent  # refused before the CA key was used
+    assert not caught.value.retryable
+    assert "at least 1" in caught.value.remedy
+    # the same CA still issues device certificates, which have nothing below them
+    device = resolved({"mode": "vault-ca", "issuerCertificateName": "tight-ca", "issuerKeyName": "tight-ca"})
+    issued, _ = issue(emulator, VaultCaIssuer, IssueRequest(device, DEVICE))
+    assert not issued.bundle.leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
 
 @pytest.mark.parametrize("missing", range(len(CA_ROLES)), ids=[role for role, _ in CA_ROLES])

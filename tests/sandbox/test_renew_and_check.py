@@ -143,6 +143,29 @@ def test_check_reports_the_users_scenario_before_any_renewal(
     assert "remedy:" in text.out
 
 
+def test_check_fails_an_edge_ca_whose_issuer_allows_no_ca_below_it(
+    emulator: KeyVaultEmulator, identity: Principal, tmp_path: Path, run_cli: Callable[..., CliResult]
+) -> None:
+    provision_ca(emulator, "tight-edge", "ec-p256", path_length=0)
+    for role, scope in (
+        ("Key Vault Crypto User", "/keys/tight-edge"),
+        ("Key Vault Certificate User", "/certificates/tight-edge"),
+    ):
+        emulator.assign_role("sandbox", identity.object_id, role, scope)
+    issuer = {"mode": "vault-ca", "issuerCertificateName": "tight-edge", "issuerKeyName": "tight-edge"}
+    config = write_config(emulator, tmp_path, {
+        "edge-ca": {**issuer, "role": "edge-ca", "subject": "CN=press-7 Edge CA", "_files": "edge-ca"},
+        "identity": {**issuer, "role": "device-identity", "_files": "identity"},
+    })  # fmt: skip
+    result = run_cli("check", "--config", str(config), "--json")
+    assert result.code == 1, result.out
+    checks = {c["name"]: c for c in result.json()["checks"]}
+    edge = checks["edge-ca (vault-ca): CA may issue role edge-ca"]
+    assert (edge["status"], edge["code"]) == ("fail", "issue.failed")
+    assert "pathLenConstraint 0" in edge["message"]
+    assert checks["identity (vault-ca): CA may issue role device-identity"]["status"] == "pass"
+
+
 def test_check_warns_when_the_identity_can_read_every_secret(
     emulator: KeyVaultEmulator, identity: Principal, tmp_path: Path, run_cli: Callable[..., CliResult]
 ) -> None:

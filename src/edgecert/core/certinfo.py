@@ -300,8 +300,9 @@ def build_chain(
 ) -> ChainResult:
     """Build a path from `leaf` through `intermediates` to one of `anchors`, valid at `now`.
 
-    Each link's signature is checked, every issuer must be a CA, and every certificate on the path
-    must be within its validity period at `now`. Anchors are trusted as given (their own validity
+    Each link's signature is checked, every issuer must be a CA allowed to sign certificates (keyUsage
+    keyCertSign when keyUsage is present) with room below it (pathLenConstraint), and every certificate on
+    the path must be within its validity period at `now`. Anchors are trusted as given (their own validity
     is still checked, as IoT Edge's trust bundle is).
     """
     anchor_ders = {a.public_bytes(serialization.Encoding.DER) for a in anchors}
@@ -331,11 +332,34 @@ def build_chain(
                 path=tuple(path),
                 reason=f"issuer '{issuer.subject.rfc4514_string()}' is not a CA (basicConstraints CA:FALSE)",
             )
+        usage = _extension(issuer, x509.KeyUsage)
+        if usage is not None and not usage.key_cert_sign:
+            return ChainResult(
+                ok=False,
+                path=tuple(path),
+                reason=f"issuer '{issuer.subject.rfc4514_string()}' may not sign certificates (keyUsage without "
+                "keyCertSign)",
+            )
+        # RFC 5280 pathLenConstraint: how many CA certificates may follow the issuer. A CA at the bottom (an Edge
+        # CA) counts too: it exists to issue certificates, and each of those paths would run through it.
+        below = sum(1 for cert in path if _is_ca(cert) and cert.issuer != cert.subject)
+        if bc.path_length is not None and below > bc.path_length:
+            return ChainResult(
+                ok=False,
+                path=tuple(path),
+                reason=f"issuer '{issuer.subject.rfc4514_string()}' allows {bc.path_length} CA certificate(s) below "
+                f"it (pathLenConstraint) and the chain puts {below} there",
+            )
         if issuer in path:
             return ChainResult(ok=False, path=tuple(path), reason="the chain loops")
         path.append(issuer)
         current = issuer
     return ChainResult(ok=False, path=tuple(path), reason=f"no trust anchor within {max_depth} certificates")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    bc = _extension(cert, x509.BasicConstraints)
+    return bool(bc and bc.ca)
 
 
 def _validity_problem(cert: x509.Certificate, now: datetime) -> str | None:

@@ -88,6 +88,7 @@ class VaultCaIssuer:
         if problems:
             raise KeyGenerationError("refusing to sign: " + "; ".join(problems), certificate=cert.name)
         chain = await self._ca_chain(cert, request.deadline, refresh=False)
+        check_issuer(chain[0], cert)
         try:
             leaf = await self._sign(cert, csr, chain[0], request.deadline)
         except InvalidSignature:
@@ -162,6 +163,40 @@ class VaultCaIssuer:
             chain = (found.certificate,)
         self._cache[cache_key] = _CachedCa(chain, self._now())
         return chain
+
+
+def check_issuer(ca: x509.Certificate, cert: ResolvedCertificate) -> None:
+    """Refuse, before anything is signed, a CA that cannot issue this certificate in a chain clients accept."""
+    name = ca.subject.rfc4514_string()
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    problem = None
+    if constraints is None or not constraints.ca:
+        problem = f"CA certificate '{name}' is not a CA (basicConstraints CA:TRUE is missing)"
+    elif cert.role == "edge-ca" and constraints.path_length == 0:
+        problem = (
+            f"CA certificate '{name}' has pathLenConstraint 0, so an Edge CA under it could issue nothing that "
+            "verifies: modules' server certificates would be refused"
+        )
+    else:
+        try:
+            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.key_cert_sign:
+            problem = f"CA certificate '{name}' may not sign certificates (keyUsage without keyCertSign)"
+    if problem:
+        raise IssuanceError(
+            problem,
+            remedy=(
+                f"issue {cert.role} certificates from a CA with CA:TRUE, keyCertSign"
+                + (" and no pathLenConstraint or one of at least 1" if cert.role == "edge-ca" else "")
+                + " (issuerCertificateName / issuerChain)"
+            ),
+            certificate=cert.name,
+        )
 
 
 def _anchors(chain: tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
