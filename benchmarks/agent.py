@@ -60,15 +60,7 @@ def measure(idle: float) -> dict[str, Any]:
             helper_loop = LoopThread("helper")
             stop = asyncio.Event()
             helper = asyncio.run_coroutine_threadsafe(device.helper.run(stop), helper_loop.loop)
-            env = {
-                **os.environ,
-                "EDGECERT_CONNECTION_STRING": device.credentials.connection_string,
-                "EDGECERT_HUB_CA_FILE": str(sandbox.hub.ca_file),
-                "EDGECERT_MQTT_PROXY": f"127.0.0.1:{sandbox.hub.proxy_port}",
-                "EDGECERT_STATE_DIR": str(device.folder / "state"),
-                "EDGECERT_REQUEST_DIR": str(device.request_dir),
-                "EDGECERT_METRICS_PORT": "0",
-            }
+            env = {**os.environ, **sandbox.agent_environment(device, metrics_port="0")}
             started = time.monotonic()
             process = subprocess.Popen([sys.executable, "-m", "edgecert", "run"], env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

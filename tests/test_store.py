@@ -381,15 +381,19 @@ class NoChownOps(FileOps):
         raise PermissionError(1, "Operation not permitted")
 
 
+def test_creating_a_key_for_an_owner_it_cannot_be_given_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "device-id.key.pem.new"
+    with pytest.raises(OwnershipError, match=r"owner 4242:4243 .* could no longer open it"):
+        NoChownOps().create(target, b"key", 0o600, AZIOTKS)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the live key to another uid needs CAP_CHOWN")
 def test_a_key_that_would_lose_its_owner_is_refused_and_nothing_changes(
     tmp_path: Path, ca: Issued, pairs: dict[str, Issued]
 ) -> None:
     paths = paths_in(tmp_path)
     store().install(paths, bundle(pairs["a"], ca), expect(ca))
-    if os.geteuid() == 0:
-        os.chown(paths.key, *AZIOTKS)
-    else:  # pragma: no cover - CI runs as root; without it the owner is the same and nothing is refused
-        pytest.skip("needs a key owned by another uid")
+    os.chown(paths.key, *AZIOTKS)
     with pytest.raises(OwnershipError, match=r"owner 4242:4243 .* could no longer open it") as caught:
         store(NoChownOps()).install(paths, bundle(pairs["b"], ca), expect(ca))
     assert not caught.value.retryable

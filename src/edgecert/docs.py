@@ -502,24 +502,21 @@ def _anchor(code: str) -> str:
 def _error_section(code: str, cls: type[EdgecertError]) -> list[str]:
     parent = next((b for b in cls.__mro__[1:] if issubclass(b, EdgecertError) and "code" in b.__dict__), None)
     where = f"`{cls.__name__}`" + (f", a kind of `{parent.code}`" if parent is not None else ", the base class")
-    note = NOTES.get(code, Note())
-    lines = [f"## `{code}`", "", f"{where}. Retried by the agent: {'yes' if cls.retryable else 'no'}.", ""]
-    lines += [f"**What it means.** {_sentence(cls.summary)}", ""]
-    if note.meaning:
-        lines += [note.meaning, ""]
-    lines += [f"**How to fix it.** {_sentence(cls.default_remedy)}", ""]
-    if note.fix:
-        lines += [note.fix, ""]
-    return lines
+    intro = f"{where}. Retried by the agent: {'yes' if cls.retryable else 'no'}."
+    return _section(code, intro, cls.summary, cls.default_remedy)
 
 
 def _check_section(code: str, check: CheckCode) -> list[str]:
+    return _section(code, "A finding of `edgecert check`, not an error of the agent.", check.summary, check.remedy)
+
+
+def _section(code: str, intro: str, summary: str, remedy: str) -> list[str]:
     note = NOTES.get(code, Note())
-    lines = [f"## `{code}`", "", "A finding of `edgecert check`, not an error of the agent.", ""]
-    lines += [f"**What it means.** {_sentence(check.summary)}", ""]
+    lines = [f"## `{code}`", "", intro, ""]
+    lines += [f"**What it means.** {_sentence(summary)}", ""]
     if note.meaning:
         lines += [note.meaning, ""]
-    lines += [f"**How to fix it.** {_sentence(check.remedy)}", ""]
+    lines += [f"**How to fix it.** {_sentence(remedy)}", ""]
     if note.fix:
         lines += [note.fix, ""]
     return lines

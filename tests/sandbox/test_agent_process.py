@@ -32,16 +32,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 def start_agent(sandbox: Sandbox, device: SandboxDevice) -> subprocess.Popen[str]:
     assert sandbox.hub.proxy_port is not None
-    env = {
-        **os.environ,
-        "EDGECERT_CONNECTION_STRING": device.credentials.connection_string,
-        "EDGECERT_HUB_CA_FILE": str(sandbox.hub.ca_file),
-        "EDGECERT_MQTT_PROXY": f"127.0.0.1:{sandbox.hub.proxy_port}",
-        "EDGECERT_STATE_DIR": str(device.folder / "state"),
-        "EDGECERT_REQUEST_DIR": str(device.request_dir),
-        "EDGECERT_METRICS_PORT": "off",
-        "RuntimeLogLevel": "debug",
-    }
+    env = {**os.environ, **sandbox.agent_environment(device, metrics_port="off"), "RuntimeLogLevel": "debug"}
     return subprocess.Popen(
         [sys.executable, "-m", "edgecert", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

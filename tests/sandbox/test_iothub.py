@@ -326,6 +326,18 @@ def test_wrong_credentials_are_refused_with_credential_error(
             hub, replace(other, edge_env={**other.edge_env, "IOTEDGE_DEVICEID": DEVICE}), monkeypatch
         )
 
+    assert_connect_refused(make)
+    assert not hub.is_connected(DEVICE, MODULE)
+    # The refusal is explained at debug level, without the keys or the token.
+    assert "not authorized" in caplog.text
+    assert "SharedAccessSignature" not in caplog.text
+    for key in (_key_of(creds), device_key, *connection_strings.values()):
+        assert key not in caplog.text
+
+
+def assert_connect_refused(make: Callable[[], IoTHubModuleClient]) -> None:
+    """The client `make()` returns fails to connect with the SDK's CredentialError."""
+
     async def scenario() -> None:
         client = make()
         try:
@@ -335,12 +347,6 @@ def test_wrong_credentials_are_refused_with_credential_error(
             await within(client.shutdown())
 
     run(scenario())
-    assert not hub.is_connected(DEVICE, MODULE)
-    # The refusal is explained at debug level, without the keys or the token.
-    assert "not authorized" in caplog.text
-    assert "SharedAccessSignature" not in caplog.text
-    for key in (_key_of(creds), device_key, *connection_strings.values()):
-        assert key not in caplog.text
 
 
 def _random_key() -> str:
@@ -351,16 +357,7 @@ def test_an_expired_sas_token_is_refused(tmp_path: Path) -> None:
     # The hub's clock runs two hours ahead, past the SDK's one-hour tokens.
     with IotHubEmulator(tmp_path / "iothub", clock=lambda: datetime.now(UTC) + timedelta(hours=2)) as hub:
         creds = hub.add_device(DEVICE, MODULE)
-
-        async def scenario() -> None:
-            client = from_connection_string(hub, creds)
-            try:
-                with pytest.raises(CredentialError):
-                    await within(client.connect())
-            finally:
-                await within(client.shutdown())
-
-        run(scenario())
+        assert_connect_refused(lambda: from_connection_string(hub, creds))
 
 
 # -- X.509 devices -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,6 @@ from tests.sandbox.test_issuance import provision_ca, provision_managed
 
 DEVICE = "press-7"
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyVaultEmulator]:
-    with KeyVaultEmulator(tmp_path_factory.mktemp("kv")) as running:
-        yield running
-
-
-@pytest.fixture
-def identity(emulator: KeyVaultEmulator, monkeypatch: pytest.MonkeyPatch) -> Principal:
-    principal = emulator.add_principal("device")
-    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", emulator.imds_url(principal))
-    return principal
 
 
 def write_config(emulator: KeyVaultEmulator, folder: Path, certificates: dict[str, Any]) -> Path:

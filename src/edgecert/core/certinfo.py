@@ -34,6 +34,7 @@ __all__ = [
     "PrivateKey",
     "build_chain",
     "certificate_facts",
+    "extension",
     "key_matches_certificate",
     "key_type_of",
     "load_certificates",
@@ -258,14 +259,14 @@ def certificate_facts(cert: x509.Certificate) -> CertFacts:
     dns: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
     uris: tuple[str, ...] = ()
-    san = _extension(cert, x509.SubjectAlternativeName)
+    san = extension(cert, x509.SubjectAlternativeName)
     if san is not None:
         dns = tuple(san.get_values_for_type(x509.DNSName))
         ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
-    eku = _extension(cert, x509.ExtendedKeyUsage)
+    eku = extension(cert, x509.ExtendedKeyUsage)
     ekus = tuple(_EKU_NAMES.get(oid.dotted_string, oid.dotted_string) for oid in eku or ())
-    bc = _extension(cert, x509.BasicConstraints)
+    bc = extension(cert, x509.BasicConstraints)
     try:
         public_key: object = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
@@ -325,14 +326,14 @@ def build_chain(
                 reason=f"no issuer for '{current.subject.rfc4514_string()}' "
                 f"(issuer '{current.issuer.rfc4514_string()}') among the chain and the trust anchors",
             )
-        bc = _extension(issuer, x509.BasicConstraints)
+        bc = extension(issuer, x509.BasicConstraints)
         if not (bc and bc.ca):
             return ChainResult(
                 ok=False,
                 path=tuple(path),
                 reason=f"issuer '{issuer.subject.rfc4514_string()}' is not a CA (basicConstraints CA:FALSE)",
             )
-        usage = _extension(issuer, x509.KeyUsage)
+        usage = extension(issuer, x509.KeyUsage)
         if usage is not None and not usage.key_cert_sign:
             return ChainResult(
                 ok=False,
@@ -358,7 +359,7 @@ def build_chain(
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
-    bc = _extension(cert, x509.BasicConstraints)
+    bc = extension(cert, x509.BasicConstraints)
     return bool(bc and bc.ca)
 
 
@@ -401,7 +402,8 @@ def _first_der_element(der: bytes) -> bytes:
     return der[: 2 + size + int.from_bytes(der[2 : 2 + size], "big")]
 
 
-def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+def extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    """The value of `cert`'s extension of type `kind`, or None when it has none."""
     try:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:

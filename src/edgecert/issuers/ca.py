@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from edgecert.adapters.keyvault import KeyVault
 from edgecert.config import ResolvedCertificate
-from edgecert.core.certinfo import KeyAndChain, ParseError, PrivateKey, load_certificates
+from edgecert.core.certinfo import KeyAndChain, ParseError, PrivateKey, extension, load_certificates
 from edgecert.core.der import certificate_parts, ecdsa_raw_to_der, encode_certificate
 from edgecert.core.profile import check_csr, leaf_builder
 from edgecert.crypto import build_csr, generate_key, parse_subject
@@ -168,10 +168,8 @@ class VaultCaIssuer:
 def check_issuer(ca: x509.Certificate, cert: ResolvedCertificate) -> None:
     """Refuse, before anything is signed, a CA that cannot issue this certificate in a chain clients accept."""
     name = ca.subject.rfc4514_string()
-    try:
-        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
+    constraints = extension(ca, x509.BasicConstraints)
+    usage = extension(ca, x509.KeyUsage)
     problem = None
     if constraints is None or not constraints.ca:
         problem = f"CA certificate '{name}' is not a CA (basicConstraints CA:TRUE is missing)"
@@ -180,13 +178,8 @@ def check_issuer(ca: x509.Certificate, cert: ResolvedCertificate) -> None:
             f"CA certificate '{name}' has pathLenConstraint 0, so an Edge CA under it could issue nothing that "
             "verifies: modules' server certificates would be refused"
         )
-    else:
-        try:
-            usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            usage = None
-        if usage is not None and not usage.key_cert_sign:
-            problem = f"CA certificate '{name}' may not sign certificates (keyUsage without keyCertSign)"
+    elif usage is not None and not usage.key_cert_sign:
+        problem = f"CA certificate '{name}' may not sign certificates (keyUsage without keyCertSign)"
     if problem:
         raise IssuanceError(
             problem,

@@ -224,6 +224,19 @@ class Sandbox:
             return Agent(settings, twin, metrics=device.metrics)
         return Agent(settings, twin, metrics=device.metrics, now=now)
 
+    def agent_environment(self, device: SandboxDevice, *, metrics_port: str) -> dict[str, str]:
+        """The variables that point an `edgecert run` process at this sandbox as `device` (see `agent` in-process)."""
+        env = {
+            "EDGECERT_CONNECTION_STRING": device.credentials.connection_string,
+            "EDGECERT_HUB_CA_FILE": str(self.hub.ca_file),
+            "EDGECERT_STATE_DIR": str(device.state_file.parent),
+            "EDGECERT_REQUEST_DIR": str(device.request_dir),
+            "EDGECERT_METRICS_PORT": metrics_port,
+        }
+        if self.hub.proxy_port:
+            env["EDGECERT_MQTT_PROXY"] = f"127.0.0.1:{self.hub.proxy_port}"
+        return env
+
     async def auto_renew(self, stop: asyncio.Event) -> None:
         """Key Vault's AutoRenew for vault-fetch objects: a new version once 40 % of the lifetime has passed."""
         objects = self.vault.vault("fleet").objects
