@@ -9,7 +9,6 @@ without side effects (creating a version in vault-managed) is listed as unverifi
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +29,7 @@ from edgecert.errors import (
     ObjectNotFoundError,
     RbacDeniedError,
 )
-from edgecert.issuers.ca import check_issuer
+from edgecert.issuers.ca import DIGESTS, check_issuer
 from edgecert.issuers.managed import ROLE_HINT
 from edgecert.renewal import endpoint_of
 
@@ -167,11 +166,10 @@ async def _vault_ca(vault: KeyVault, cert: ResolvedCertificate, prefix: str) -> 
             checks.append(_failed(f"{prefix}: CA may issue role {cert.role}", exc))
     name = f"{prefix}: sign with CA key '{cert.issuer_key}'"
     try:
-        await vault.key(cert.issuer_key or "")
-        digest = hashlib.sha256(secrets.token_bytes(32)).digest()
         algorithm = _algorithm(ca)
-        signature = await vault.sign(cert.issuer_key or "", None, algorithm, _digest(algorithm, digest))
-        if ca is not None and not _verifies(ca, algorithm, _digest(algorithm, digest), signature):
+        digest = DIGESTS[algorithm](secrets.token_bytes(32))
+        signature = await vault.sign(cert.issuer_key or "", None, algorithm, digest)
+        if ca is not None and not _verifies(ca, algorithm, digest, signature):
             message = "the key's signature does not verify against the CA certificate"
             remedy = "issuerKeyName must be the key of issuerCertificateName"
             checks.append(Check(name, "fail", message, "issue.bad-material", remedy))
@@ -187,10 +185,6 @@ def _algorithm(ca: x509.Certificate | None) -> str:
     if isinstance(public, ec.EllipticCurvePublicKey):
         return "ES384" if public.curve.key_size > 256 else "ES256"
     return "RS256" if isinstance(public, rsa.RSAPublicKey) else "ES256"
-
-
-def _digest(algorithm: str, seed: bytes) -> bytes:
-    return hashlib.sha384(seed).digest() if algorithm == "ES384" else hashlib.sha256(seed).digest()
 
 
 def _verifies(ca: x509.Certificate, algorithm: str, digest: bytes, signature: bytes) -> bool:

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CertPaths",
     "CertStore",
-    "Clock",
     "ConnectionLost",
     "DesiredPatch",
     "IssueRequest",
@@ -55,14 +54,6 @@ class CertPaths:
     def journal(self) -> Path:
         """Where the commit record of a swap in progress lives."""
         return self.cert.with_name(self.cert.name + ".swap")
-
-
-class Clock(Protocol):
-    """The source of `now` (timezone-aware UTC)."""
-
-    def __call__(self) -> datetime:
-        """Return the current instant."""
-        ...
 
 
 class CertStore(Protocol):

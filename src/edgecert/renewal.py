@@ -15,7 +15,7 @@ from typing import Any
 from edgecert.adapters.keyvault import KeyVault, VaultEndpoint
 from edgecert.config import EdgecertConfig, ResolvedCertificate, resolve_certificates
 from edgecert.core.certinfo import certificate_facts
-from edgecert.core.policy import Action, renewal_decision
+from edgecert.core.policy import Action, Decision, renewal_decision
 from edgecert.core.timefmt import iso
 from edgecert.core.validate import Expectations
 from edgecert.errors import EdgecertError
@@ -24,7 +24,7 @@ from edgecert.issuers.fetch import VaultFetchIssuer
 from edgecert.issuers.managed import VaultManagedIssuer
 from edgecert.ports import CertStore, Issued, Issuer, IssueRequest
 
-__all__ = ["Outcome", "endpoint_of", "expectations", "issuer_for", "renew_pass"]
+__all__ = ["Outcome", "endpoint_of", "expectations", "issue_deadline", "issuer_for", "renew_pass", "worth_an_attempt"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,17 @@ def endpoint_of(config: EdgecertConfig) -> VaultEndpoint:
         ca_file=Path(vault.ca_file) if vault.ca_file else None,
         verify_challenge_resource=vault.verify_challenge_resource,
     )
+
+
+def worth_an_attempt(decision: Decision | None, cert: ResolvedCertificate, *, force: bool) -> bool:
+    """Whether to call the issuer: forced, nothing installed, due, or vault-fetch (a newer version costs one read)."""
+    return force or decision is None or decision.action is not Action.WAIT or cert.mode == "vault-fetch"
+
+
+def issue_deadline(decision: Decision | None, now: datetime) -> datetime | None:
+    """When issuance gives up: the installed certificate's expiry while it is still ahead, else no limit."""
+    deadline = decision.thresholds.not_after if decision is not None else None
+    return deadline if deadline is not None and deadline > now else None
 
 
 def issuer_for(cert: ResolvedCertificate, vault: KeyVault) -> Issuer:
@@ -136,14 +147,13 @@ async def _renew_one(
         installed, why = None, f"the installed files are unusable ({exc.code}): replacing them"
     else:
         why = "no certificate is installed yet" if installed is None else ""
-    action, deadline = None, None
+    action, decision = None, None
     if installed is not None:
         decision = renewal_decision(
             certificate_facts(installed.leaf), config.renewal.policy(), now=now(), desired=cert.desired_shape()
         )
-        action, why, deadline = str(decision.action), decision.reason, decision.thresholds.not_after
-        # vault-fetch only looks for a newer version, which costs one read: it always looks
-        if decision.action is Action.WAIT and not force and cert.mode != "vault-fetch":
+        action, why = str(decision.action), decision.reason
+        if not worth_an_attempt(decision, cert, force=force):
             return Outcome(cert.name, "not-due", why, action)
     if force:
         why = "renewal forced"
@@ -151,7 +161,7 @@ async def _renew_one(
         return Outcome(cert.name, "would-renew", f"{why}; dry run: nothing issued or stored", action)
     try:
         issued = await make_issuer(cert, vault).issue(
-            IssueRequest(cert, device_id, installed, deadline if deadline and deadline > now() else None)
+            IssueRequest(cert, device_id, installed, issue_deadline(decision, now()))
         )
         if issued is None:
             return Outcome(cert.name, "up-to-date", "Key Vault has no newer version than the installed one", action)

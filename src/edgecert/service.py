@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from edgecert.config import (
     parse_desired,
     resolve_certificates,
 )
-from edgecert.core.certinfo import CertFacts, KeyAndChain, certificate_facts
+from edgecert.core.certinfo import CertFacts, KeyAndChain, certificate_facts, sha256_thumbprint
 from edgecert.core.policy import Action, Decision, renewal_decision
 from edgecert.core.schedule import Interval, NextAttempt, backoff_delay, first_attempt, next_attempt, stable_fraction
 from edgecert.core.timefmt import iso
@@ -62,7 +62,7 @@ from edgecert.ports import (
     TwinChannel,
     TwinEvent,
 )
-from edgecert.renewal import endpoint_of, expectations, issuer_for
+from edgecert.renewal import endpoint_of, expectations, issue_deadline, issuer_for, worth_an_attempt
 from edgecert.serving import listen
 
 __all__ = ["Agent", "AgentSettings"]
@@ -306,8 +306,7 @@ class Agent:
         if config is not None and config.vault is not None:
             endpoint = endpoint_of(config)
             if self.settings.vault_ca_file is not None and endpoint.ca_file is None:
-                endpoint = VaultEndpoint(endpoint.url, endpoint.client_id, self.settings.vault_ca_file,
-                                         endpoint.verify_challenge_resource)  # fmt: skip
+                endpoint = replace(endpoint, ca_file=self.settings.vault_ca_file)
             if endpoint != self._vault_endpoint:
                 if self._vault is not None:
                     self._retired.append(self._vault)  # closed by the loop, which can await
@@ -415,11 +414,8 @@ class Agent:
         await self._report()
         try:
             installed = self._installed(cert)
-            deadline = runtime.decision.thresholds.not_after if runtime.decision else None
             issued = await self._issuer(runtime).issue(
-                IssueRequest(
-                    cert, self.settings.device_id, installed, deadline if deadline and deadline > self.now() else None
-                )
+                IssueRequest(cert, self.settings.device_id, installed, issue_deadline(runtime.decision, self.now()))
             )
             if issued is None:
                 outcome = "up-to-date"
@@ -455,8 +451,8 @@ class Agent:
 
     async def _install_and_activate(self, runtime: _Runtime, issued: Any, installed: KeyAndChain | None) -> str:
         cert, cert_state = runtime.cert, self.state.certificate(runtime.cert.name)
-        new = certificate_facts(issued.bundle.leaf).thumbprint_sha256
-        old = certificate_facts(installed.leaf).thumbprint_sha256 if installed is not None else None
+        new = sha256_thumbprint(issued.bundle.leaf)
+        old = sha256_thumbprint(installed.leaf) if installed is not None else None
         cert_state.pending_activation = {"thumbprint": new, "previous": old or "", "since": iso(self.now())}
         self.state_file.save(self.state)
         self.store.install(cert.paths, issued.bundle, expectations(cert, issued))
@@ -483,7 +479,7 @@ class Agent:
             self.store.rollback(cert.paths)
             restored = self._installed(cert)
             if restored is not None:
-                await self._activate(cert, certificate_facts(restored.leaf).thumbprint_sha256)
+                await self._activate(cert, sha256_thumbprint(restored.leaf))
         except StoreError as exc:
             cause = f"{cause}; and the previous files could not be restored: {exc.message}"
         cert_state.pending_activation = None
@@ -520,7 +516,7 @@ class Agent:
             if not pending or stop.is_set():
                 continue
             installed = self._installed(runtime.cert)
-            live = certificate_facts(installed.leaf).thumbprint_sha256 if installed else None
+            live = sha256_thumbprint(installed.leaf) if installed else None
             if live != pending.get("thumbprint"):
                 self.state.certificate(name).pending_activation = None  # the swap never happened
                 continue
@@ -576,8 +572,7 @@ class Agent:
         results = {}
         for target in [name] if name else list(self.runtimes):
             runtime = self.runtimes[target]
-            needed = runtime.decision is None or runtime.decision.action is not Action.WAIT
-            if force or needed or runtime.cert.mode == "vault-fetch":
+            if worth_an_attempt(runtime.decision, runtime.cert, force=force):
                 results[target] = await self._attempt(target, force=force)
             else:
                 results[target] = {"result": "not-due", "state": runtime.state, "reason": runtime.reason}
@@ -597,7 +592,7 @@ class Agent:
         await self._roll_back(
             runtime,
             cause="rollback requested by a direct method",
-            thumbprint=certificate_facts(live.leaf).thumbprint_sha256 if live else "",
+            thumbprint=sha256_thumbprint(live.leaf) if live else "",
         )
         self.state_file.save(self.state)
         self._plan(name)

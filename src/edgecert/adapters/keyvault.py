@@ -24,7 +24,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -79,8 +79,6 @@ class VaultCertificate:
     name: str
     version: str
     cer: bytes
-    enabled: bool
-    created: datetime | None
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -106,8 +104,6 @@ class PendingOperation:
     status_details: str | None
     error_code: str | None
     error_message: str | None
-    target: str | None
-    request_id: str | None
     #: The PKCS#10 request of the operation (DER): its public key pins the version it produces.
     csr: bytes | None = None
 
@@ -190,23 +186,7 @@ class KeyVault:
         properties = found.properties
         if properties is None:
             raise IssuanceError(f"certificate '{name}': the vault's answer has no properties")
-        return VaultCertificate(
-            name, str(properties.version), bytes(found.cer or b""), bool(properties.enabled), properties.created_on
-        )
-
-    async def certificate_versions(
-        self, name: str, *, deadline: datetime | None = None, role_hint: Mapping[str, str] | None = None
-    ) -> list[tuple[str, datetime | None, bool]]:
-        """(version, created, enabled) of every version of a certificate."""
-        call = Call("list versions", "certificates", name, self.endpoint.url, role_hint)
-
-        async def collect() -> list[tuple[str, datetime | None, bool]]:
-            return [
-                (str(p.version), p.created_on, bool(p.enabled))
-                async for p in self._certificates.list_properties_of_certificate_versions(name)
-            ]
-
-        return await self._call(call, collect, deadline)
+        return VaultCertificate(name, str(properties.version), bytes(found.cer or b""))
 
     async def create_certificate(self, name: str, policy: dict[str, Any], *, deadline: datetime | None = None,
                                  role_hint: Mapping[str, str] | None = None) -> PendingOperation:  # fmt: skip
@@ -230,12 +210,6 @@ class KeyVault:
         """A certificate's policy in its REST form."""
         call = Call("get the policy", "certificates", name, self.endpoint.url, role_hint)
         return await self._call(call, lambda: self._rest("GET", f"/certificates/{name}/policy", None), deadline)
-
-    async def key(self, name: str, *, deadline: datetime | None = None) -> str:
-        """The id of a key's latest version (a read that needs `keys/read`)."""
-        call = Call("get", "keys", name, self.endpoint.url)
-        found = await self._call(call, lambda: self._keys.get_key(name), deadline)
-        return str(found.id)
 
     # -- secrets and keys ------------------------------------------------------------------------
 
@@ -335,7 +309,7 @@ class KeyVault:
 
 
 def _with_rate(call: Call, recent: int) -> Call:
-    return Call(call.operation, call.kind, call.name, call.vault_url, call.role_hint, recent)
+    return replace(call, recent_requests=recent)
 
 
 def _operation(body: dict[str, Any]) -> PendingOperation:
@@ -345,7 +319,5 @@ def _operation(body: dict[str, Any]) -> PendingOperation:
         status_details=body.get("status_details"),
         error_code=error.get("code") if isinstance(error, dict) else None,
         error_message=error.get("message") if isinstance(error, dict) else None,
-        target=body.get("target"),
-        request_id=body.get("request_id"),
         csr=base64.b64decode(body["csr"]) if isinstance(body.get("csr"), str) else None,
     )

@@ -70,7 +70,6 @@ _POLICY_FLAGS = {
     "certificates": "--certificate-permissions",
     "keys": "--key-permissions",
 }
-_TRANSIENT_STATUS = {408, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def _from_status(exc: HttpResponseError, call: Call, where: str) -> IssuanceErro
         return _forbidden(call, where, inner, message)
     if status == 401:
         return AuthenticationError(f"{where}: 401 {code}: {message}", vault=call.vault_url)
-    if status in _TRANSIENT_STATUS or status >= 500:
+    if status == 408 or status >= 500:
         return TransientError(f"{where}: {status} {code}", retry_after=retry_after, vault=call.vault_url)
     if status == 404:
         return ObjectNotFoundError(f"{where}: not found ({code})", vault=call.vault_url)

@@ -37,10 +37,11 @@ from edgecert.crypto import build_csr, generate_key, parse_subject
 from edgecert.errors import IssuanceError, IssuedMaterialError, KeyGenerationError
 from edgecert.ports import Issued, IssueRequest
 
-__all__ = ["DEFAULT_VALIDITY", "VaultCaIssuer"]
+__all__ = ["DEFAULT_VALIDITY", "DIGESTS", "VaultCaIssuer", "check_issuer"]
 
 DEFAULT_VALIDITY = timedelta(days=90)
-_DIGESTS: dict[str, Callable[[bytes], bytes]] = {
+#: The digest Key Vault expects for each signature algorithm.
+DIGESTS: dict[str, Callable[[bytes], bytes]] = {
     "RS256": lambda data: hashlib.sha256(data).digest(),
     "PS256": lambda data: hashlib.sha256(data).digest(),
     "ES256": lambda data: hashlib.sha256(data).digest(),
@@ -120,7 +121,7 @@ class VaultCaIssuer:
         placeholder = builder.sign(key, digest, rsa_padding=pss)
         tbs, signature_algorithm, _ = certificate_parts(placeholder.public_bytes(serialization.Encoding.DER))
         signature = await self.vault.sign(
-            cert.issuer_key or "", None, algorithm, _DIGESTS[algorithm](tbs), deadline=deadline
+            cert.issuer_key or "", None, algorithm, DIGESTS[algorithm](tbs), deadline=deadline
         )
         if algorithm.startswith("ES"):
             signature = ecdsa_raw_to_der(signature)
